@@ -1,0 +1,9 @@
+"""The agent: where the world model, the planner and the body meet.
+
+`agent/` owns the loop (`loop.py`: observe, plan, act, update), the assembled mind (`brain.py`), the
+replay memory with surprise priorities (`memory.py`), evaluation (`evaluate.py`), episode files
+(`episodes.py`, MCAP), checkpoints (`checkpoint.py`, safetensors), metrics, plots, videos and the
+`omniloop` command (`cli.py`). Its config tree (`config.py`) composes every package's options.
+
+It may import everything: sim/, worldmodel/, planner/, and the libraries they use.
+"""

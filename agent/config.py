@@ -1,0 +1,168 @@
+"""One typed config tree: YAML files fill dataclasses, and `key=value` overrides any field.
+
+Every package owns the dataclass of its own options; this module only composes them and checks
+what comes in. An unknown key, a value of the wrong type or a missing file is refused with an error
+that names the dotted path of the field (`planner.horizon`) and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planner.config import DeliberationConfig, PlannerConfig
+from sim.config import EnvConfig
+from agent.memory import MemoryConfig
+from worldmodel.config import LearnerConfig, WorldModelConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into a `Config`."""
+
+
+@dataclass
+class RunConfig:
+    """Options of one run of the loop."""
+
+    steps: int = 3000  # environment steps in total (a resumed run continues up to this)
+    seed: int = 0
+    device: str = "cpu"  # "cpu" or "cuda"
+    out: str | None = None  # run folder; None means runs/<timestamp>
+    seed_steps: int = 500  # uniformly random actions before the first plan, to fill the memory
+    warmup_updates: int = 250  # learner steps taken at once when the seed phase ends
+    checkpoint_every: int = 10  # episodes between checkpoints (one is always written at the end)
+    record_episodes: bool = True
+    video: bool = True  # an MP4 of the last episode: camera beside imagination
+    torch_threads: int = 0  # 0 leaves torch's default
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    worldmodel: WorldModelConfig = field(default_factory=WorldModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    deliberation: DeliberationConfig = field(default_factory=DeliberationConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or the defaults when `path` is None) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top, not {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return from_dict(Config, data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`planner.horizon=5` -> ("planner.horizon", 5); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, checking every key and every value's type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known keys here: {known})")
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, path + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{path}: unsupported field type {tp}")
+    raise ConfigError(f"{path} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,586 @@
+"""Episode recording: one MCAP file per episode, readable by Foxglove and `mcap`, and after a crash.
+
+Layout of a file (`runs/<name>/episodes/episode_000123.mcap`):
+
+- header, then every schema and channel, the attachments (MJCF, resolved config) and the metadata
+  record `omniloop.episode` (run, seed, env, code_version, episode), all flushed before step 0;
+- per step, one JSON message on each channel that has data, all with the MCAP `sequence` set to the
+  step index and `log_time` to the capture time. `/reward` is always written, and written last: it
+  closes the step, so a reader knows that a step is whole;
+- on `close()`, the summary and footer.
+
+Messages are not chunked: every record goes straight to the file, which is flushed every
+`flush_every` steps. A process killed mid-episode leaves a file without footer whose steps are whole
+up to the last flush; `read_episode` reads them and stops cleanly at the torn record.
+
+Channels, all JSON with JSON-Schema schemas:
+  /camera/image  foxglove.CompressedImage  {timestamp {sec, nsec}, frame_id, data (base64 PNG), format}
+  /proprio       omniloop.Proprio          {values: [P floats]}
+  /audio         omniloop.Audio            {sample_rate, samples: [N floats]}
+  /instruction   omniloop.Instruction      {text}
+  /action        omniloop.Action           {requested, sent, applied: [A floats] or null}
+  /reward        omniloop.Reward           {reward: float or null, terminated, truncated, success}
+  /surprise      omniloop.Surprise         the caller's dict, e.g. {total, latent, reward}
+  /plan          omniloop.PlanTrace        the caller's dict, e.g. {iterations, best_return, ...}
+  /sim/state     omniloop.SimState         {time, qpos, qvel, act}
+
+JSON has no NaN or infinity; a step holding one is refused with a ValueError that names the step
+and channel, rather than written as a file that standard JSON readers reject.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+from mcap.exceptions import EndOfFile, InvalidMagic, McapError
+from mcap.records import Attachment, Channel, DataEnd, Footer, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader
+from mcap.writer import CompressionType, IndexType, Writer
+
+FORMAT = "omniloop.episode/1"  # the MCAP header's `library` field
+METADATA_NAME = "omniloop.episode"
+REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")
+OBSERVATION_KEYS = ("image", "proprio", "audio", "instruction")
+
+TOPIC_IMAGE = "/camera/image"
+TOPIC_PROPRIO = "/proprio"
+TOPIC_AUDIO = "/audio"
+TOPIC_INSTRUCTION = "/instruction"
+TOPIC_ACTION = "/action"
+TOPIC_REWARD = "/reward"
+TOPIC_SURPRISE = "/surprise"
+TOPIC_PLAN = "/plan"
+TOPIC_SIM_STATE = "/sim/state"
+CAMERA_FRAME = "camera"
+
+_NUMBER = {"type": "number"}
+_NUMBERS = {"type": "array", "items": _NUMBER}
+_NUMBERS_OR_NULL = {"type": ["array", "null"], "items": _NUMBER}
+
+# topic -> (schema name, JSON Schema); registered in this order, so channel ids are stable.
+SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    TOPIC_IMAGE: (
+        "foxglove.CompressedImage",
+        {
+            "title": "foxglove.CompressedImage",
+            "description": "A compressed image",
+            "type": "object",
+            "properties": {
+                "timestamp": {
+                    "type": "object",
+                    "title": "time",
+                    "properties": {
+                        "sec": {"type": "integer", "minimum": 0},
+                        "nsec": {"type": "integer", "minimum": 0, "maximum": 999999999},
+                    },
+                },
+                "frame_id": {"type": "string"},
+                "data": {"type": "string", "contentEncoding": "base64"},
+                "format": {"type": "string"},
+            },
+        },
+    ),
+    TOPIC_PROPRIO: ("omniloop.Proprio", {"type": "object", "properties": {"values": _NUMBERS}}),
+    TOPIC_AUDIO: (
+        "omniloop.Audio",
+        {"type": "object", "properties": {"sample_rate": {"type": "integer"}, "samples": _NUMBERS}},
+    ),
+    TOPIC_INSTRUCTION: ("omniloop.Instruction", {"type": "object", "properties": {"text": {"type": "string"}}}),
+    TOPIC_ACTION: (
+        "omniloop.Action",
+        {
+            "type": "object",
+            "properties": {"requested": _NUMBERS_OR_NULL, "sent": _NUMBERS_OR_NULL, "applied": _NUMBERS_OR_NULL},
+        },
+    ),
+    TOPIC_REWARD: (
+        "omniloop.Reward",
+        {
+            "type": "object",
+            "properties": {
+                "reward": {"type": ["number", "null"]},
+                "terminated": {"type": "boolean"},
+                "truncated": {"type": "boolean"},
+                "success": {"type": ["boolean", "null"]},
+            },
+        },
+    ),
+    TOPIC_SURPRISE: (
+        "omniloop.Surprise",
+        {
+            "type": "object",
+            "properties": {"total": _NUMBER, "latent": _NUMBER, "reward": _NUMBER},
+            "additionalProperties": _NUMBER,
+        },
+    ),
+    TOPIC_PLAN: (
+        "omniloop.PlanTrace",
+        {
+            "type": "object",
+            "properties": {
+                "iterations": {"type": "integer"},
+                "best_return": _NUMBER,
+                "mean_return": _NUMBER,
+                "think_ms": _NUMBER,
+            },
+            "additionalProperties": True,
+        },
+    ),
+    TOPIC_SIM_STATE: (
+        "omniloop.SimState",
+        {
+            "type": "object",
+            "properties": {"time": _NUMBER, "qpos": _NUMBERS, "qvel": _NUMBERS, "act": _NUMBERS},
+            "additionalProperties": True,
+        },
+    ),
+}
+
+_MEDIA_TYPES = {
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+
+
+class EpisodeError(Exception):
+    """An episode file that is missing, truncated before its metadata, corrupt or not ours."""
+
+
+@dataclass
+class StepRecord:
+    """Everything recorded about one step of an episode."""
+
+    step: int  # step index within the episode
+    time_ns: int  # real capture time, time.time_ns() measured by the caller
+    # keys among image (H, W, 3) uint8, proprio (P,) float32, audio (N,) float32, instruction str
+    observation: dict[str, np.ndarray | str]
+    action_requested: np.ndarray | None  # (A,) float32
+    action_sent: np.ndarray | None  # (A,) float32
+    action_applied: np.ndarray | None  # (A,) float32
+    reward: float | None
+    terminated: bool = False
+    truncated: bool = False
+    success: bool | None = None
+    surprise: dict[str, float] | None = None  # {"total": ..., "latent": ..., "reward": ...}
+    plan: dict[str, float | int] | None = None  # any JSON-serialisable dict
+    sim_state: dict[str, np.ndarray] | None = None  # time (), qpos (nq,), qvel (nv,), act (na,); float64
+
+
+@dataclass
+class Episode:
+    """An episode as read back from its file."""
+
+    metadata: dict[str, str]
+    attachments: dict[str, bytes]
+    steps: list[StepRecord]
+    complete: bool = True  # False when the file ends before its footer (the writer was killed)
+    audio_sample_rate: int | None = None  # from the first /audio message; None without audio
+    path: Path | None = None
+
+
+def episode_path(run_dir: str | Path, index: int) -> Path:
+    """Where episode `index` of a run is recorded: <run_dir>/episodes/episode_000123.mcap."""
+    return Path(run_dir) / "episodes" / f"episode_{index:06d}.mcap"
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+class EpisodeWriter:
+    """Writes the steps of one episode to an MCAP file; use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: dict[str, str],
+        attachments: dict[str, bytes] | None = None,
+        audio_sample_rate: int = 16000,
+        flush_every: int = 1,
+    ):
+        self.path = Path(path)
+        _check_metadata(self.path, metadata)
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.audio_sample_rate = int(audio_sample_rate)
+        self.flush_every = flush_every
+        self.steps_written = 0
+        self._last_step: int | None = None
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # "wb": a resumed run records a crashed episode's index again and replaces the torn file.
+        self._file: IO[bytes] = self.path.open("wb")
+        self._writer = Writer(
+            self._file,
+            use_chunking=False,  # every record reaches the file at once: a kill loses at most a flush
+            compression=CompressionType.NONE,
+            index_types=IndexType.ATTACHMENT | IndexType.METADATA,
+        )
+        try:
+            self._start(metadata, attachments or {})
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _start(self, metadata: dict[str, str], attachments: dict[str, bytes]) -> None:
+        """Header, schemas, channels, attachments and metadata, flushed: all that precedes step 0."""
+        self._writer.start(profile="", library=FORMAT)
+        self._channels = {topic: self._register(topic, name, schema) for topic, (name, schema) in SCHEMAS.items()}
+        now = time.time_ns()
+        for name, data in attachments.items():
+            self._writer.add_attachment(now, now, name, _media_type(name), bytes(data))
+        # Metadata last: a reader that finds it knows that every attachment before it is whole.
+        self._writer.add_metadata(METADATA_NAME, dict(metadata))
+        self._file.flush()  # metadata and attachments survive a kill before the first step
+
+    def _register(self, topic: str, name: str, schema: dict[str, Any]) -> int:
+        schema_id = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
+        return self._writer.register_channel(topic, "json", schema_id)
+
+    def write(self, record: StepRecord) -> None:
+        """Append one step; the file is flushed every `flush_every` steps."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: episode writer is closed; step {record.step} was not written")
+        if record.step < 0 or record.step >= 2**32:
+            raise ValueError(f"{self.path}: step index {record.step} is outside [0, 2**32)")
+        if self._last_step is not None and record.step <= self._last_step:
+            raise ValueError(f"{self.path}: step {record.step} comes after step {self._last_step}; steps must increase")
+        if record.time_ns < 0:
+            raise ValueError(f"{self.path}: step {record.step} has a negative time_ns {record.time_ns}")
+        # Encode the whole step before writing any of it: a refused step leaves no stray messages.
+        messages = [
+            (topic, _to_json(payload, self.path, record.step, topic))
+            for topic, payload in _step_payloads(record, self.audio_sample_rate, self.path)
+        ]
+        for topic, data in messages:
+            self._writer.add_message(
+                self._channels[topic], log_time=record.time_ns, data=data, publish_time=record.time_ns,
+                sequence=record.step,
+            )
+        self._last_step = record.step
+        self.steps_written += 1
+        if self.steps_written % self.flush_every == 0:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Write the summary and footer, sync and close the file; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.finish()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Closed on errors too: the steps written so far are whole and worth a footer.
+        self.close()
+
+
+def _check_metadata(path: Path, metadata: dict[str, str]) -> None:
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"{path}: episode metadata lacks {missing}; it needs all of {list(REQUIRED_METADATA)}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{path}: episode metadata must map str to str; {key!r} -> {type(value).__name__}")
+
+
+def _media_type(name: str) -> str:
+    return _MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+
+
+def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The JSON payloads of one step, in writing order; /reward last since it closes the step."""
+    where = f"{path}: step {record.step}"
+    unknown = sorted(set(record.observation) - set(OBSERVATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown observation keys {unknown}; known: {list(OBSERVATION_KEYS)}")
+    obs = record.observation
+    payloads: list[tuple[str, dict[str, Any]]] = []
+    if "image" in obs:
+        payloads.append((TOPIC_IMAGE, _image_payload(obs["image"], record.time_ns, where)))
+    if "proprio" in obs:
+        payloads.append((TOPIC_PROPRIO, {"values": _vector(obs["proprio"], f"{where}: proprio")}))
+    if "audio" in obs:
+        samples = _vector(obs["audio"], f"{where}: audio")
+        payloads.append((TOPIC_AUDIO, {"sample_rate": sample_rate, "samples": samples}))
+    if "instruction" in obs:
+        if not isinstance(obs["instruction"], str):
+            raise TypeError(f"{where}: instruction must be a str, got {type(obs['instruction']).__name__}")
+        payloads.append((TOPIC_INSTRUCTION, {"text": obs["instruction"]}))
+    actions = {
+        "requested": record.action_requested,
+        "sent": record.action_sent,
+        "applied": record.action_applied,
+    }
+    if any(a is not None for a in actions.values()):
+        payloads.append(
+            (TOPIC_ACTION, {k: None if a is None else _vector(a, f"{where}: action {k}") for k, a in actions.items()})
+        )
+    if record.surprise is not None:
+        payloads.append((TOPIC_SURPRISE, {str(k): float(v) for k, v in record.surprise.items()}))
+    if record.plan is not None:
+        payloads.append((TOPIC_PLAN, dict(record.plan)))
+    if record.sim_state is not None:
+        sim = {str(k): np.asarray(v, np.float64).tolist() for k, v in record.sim_state.items()}
+        payloads.append((TOPIC_SIM_STATE, sim))
+    payloads.append(
+        (
+            TOPIC_REWARD,
+            {
+                "reward": None if record.reward is None else float(record.reward),
+                "terminated": bool(record.terminated),
+                "truncated": bool(record.truncated),
+                "success": None if record.success is None else bool(record.success),
+            },
+        )
+    )
+    return payloads
+
+
+def _image_payload(image: np.ndarray | str, time_ns: int, where: str) -> dict[str, Any]:
+    """(H, W, 3) uint8 RGB -> a foxglove.CompressedImage with a PNG inside."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"{where}: image must be (H, W, 3) uint8, got shape {shape} dtype {dtype}")
+    # OpenCV writes BGR; swapping here keeps the PNG in true colour for every other viewer.
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"{where}: OpenCV could not encode the {image.shape} image as PNG")
+    sec, nsec = divmod(time_ns, 1_000_000_000)
+    return {
+        "timestamp": {"sec": sec, "nsec": nsec},
+        "frame_id": CAMERA_FRAME,
+        "data": base64.b64encode(png.tobytes()).decode("ascii"),
+        "format": "png",
+    }
+
+
+def _vector(values: np.ndarray | str, where: str) -> list[float]:
+    """(N,) numbers -> a list of float32 values (written as the float64 numbers they are, so exactly)."""
+    if isinstance(values, str):
+        raise TypeError(f"{where}: expected an array of numbers, got a str")
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{where}: expected a 1-D array, got shape {array.shape}")
+    return array.astype(np.float32).tolist()
+
+
+def _json_default(value: object) -> object:
+    """Lets plan traces hold numpy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _to_json(payload: dict[str, Any], path: Path, step: int, topic: str) -> bytes:
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":"), default=_json_default).encode()
+    except ValueError:
+        raise ValueError(f"{path}: step {step}: {topic} holds NaN or infinity, which JSON cannot carry") from None
+    except TypeError as exc:
+        raise TypeError(f"{path}: step {step}: {topic} is not JSON-serialisable: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+class _Torn(EndOfFile):
+    """The file ends inside a record."""
+
+
+class _Corrupt(McapError):
+    """A record that cannot be what it claims to be."""
+
+
+class _ExactReads:
+    """A file whose reads return exactly what was asked or raise: mcap's own stream accepts short reads,
+    which would hand a torn last record over as if it were whole."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+        self.offset = 0
+
+    def read(self, n: int) -> bytes:
+        if n < 0:
+            raise _Corrupt(f"a record length runs negative at byte {self.offset}")
+        data = self._file.read(n)
+        if len(data) < n:
+            raise _Torn()
+        self.offset += n
+        return data
+
+
+@dataclass
+class _Assembler:
+    """Collects records into steps; a step is whole once its /reward message arrives."""
+
+    path: Path
+    metadata: dict[str, str] | None = None
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    topics: dict[int, str] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    audio_sample_rate: int | None = None
+    open_step: int | None = None
+    parts: dict[str, Any] = field(default_factory=dict)
+    data_ended: bool = False
+
+    @property
+    def last_good(self) -> str:
+        return f"step {self.steps[-1].step}" if self.steps else "no step"
+
+    def add(self, record: object) -> None:
+        if isinstance(record, Schema) or self.data_ended:
+            return  # schemas are implied by topics; the summary only repeats what came before
+        if isinstance(record, Channel):
+            self.topics[record.id] = record.topic
+        elif isinstance(record, Metadata) and record.name == METADATA_NAME:
+            self.metadata = dict(record.metadata)
+        elif isinstance(record, Attachment):
+            self.attachments[record.name] = record.data
+        elif isinstance(record, Message):
+            self._add_message(record)
+        elif isinstance(record, DataEnd):
+            if self.open_step is not None:
+                raise _Corrupt(f"step {self.open_step} was never closed by a {TOPIC_REWARD} message")
+            self.data_ended = True
+
+    def _add_message(self, message: Message) -> None:
+        if self.metadata is None:
+            raise EpisodeError(
+                f"{self.path}: not an omniloop episode (a message precedes any '{METADATA_NAME}' metadata)"
+            )
+        topic = self.topics.get(message.channel_id)
+        if topic is None:
+            raise _Corrupt(f"a message on unregistered channel {message.channel_id}")
+        if topic not in SCHEMAS:
+            return  # a channel a later version added; this reader has no field for it
+        step = message.sequence
+        if self.open_step is None:
+            if self.steps and step <= self.steps[-1].step:
+                raise _Corrupt(f"step {step} follows step {self.steps[-1].step}")
+            self.open_step, self.parts = step, {}
+        elif step != self.open_step:
+            raise _Corrupt(f"a {topic} message of step {step} inside step {self.open_step}")
+        if topic in self.parts:
+            raise _Corrupt(f"two {topic} messages in step {step}")
+        try:
+            self.parts[topic] = json.loads(message.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Corrupt(f"the {topic} message of step {step} is not JSON ({exc})") from None
+        if topic == TOPIC_REWARD:
+            try:
+                self.steps.append(self._step_record(step, message.log_time))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise _Corrupt(f"step {step} holds a malformed message: {exc!r}") from None
+            self.open_step, self.parts = None, {}
+
+    def _step_record(self, step: int, time_ns: int) -> StepRecord:
+        parts = self.parts
+        observation: dict[str, np.ndarray | str] = {}
+        if TOPIC_IMAGE in parts:
+            observation["image"] = _decode_image(parts[TOPIC_IMAGE])
+        if TOPIC_PROPRIO in parts:
+            observation["proprio"] = np.asarray(parts[TOPIC_PROPRIO]["values"], np.float32)
+        if TOPIC_AUDIO in parts:
+            observation["audio"] = np.asarray(parts[TOPIC_AUDIO]["samples"], np.float32)
+            if self.audio_sample_rate is None:
+                self.audio_sample_rate = int(parts[TOPIC_AUDIO]["sample_rate"])
+        if TOPIC_INSTRUCTION in parts:
+            observation["instruction"] = str(parts[TOPIC_INSTRUCTION]["text"])
+        action = parts.get(TOPIC_ACTION, {})
+        reward = parts[TOPIC_REWARD]
+        sim = parts.get(TOPIC_SIM_STATE)
+        return StepRecord(
+            step=step,
+            time_ns=time_ns,
+            observation=observation,
+            action_requested=_maybe_array(action.get("requested")),
+            action_sent=_maybe_array(action.get("sent")),
+            action_applied=_maybe_array(action.get("applied")),
+            reward=None if reward["reward"] is None else float(reward["reward"]),
+            terminated=bool(reward["terminated"]),
+            truncated=bool(reward["truncated"]),
+            success=None if reward["success"] is None else bool(reward["success"]),
+            surprise=None if TOPIC_SURPRISE not in parts else {k: float(v) for k, v in parts[TOPIC_SURPRISE].items()},
+            plan=parts.get(TOPIC_PLAN),
+            sim_state=None if sim is None else {k: np.asarray(v, np.float64) for k, v in sim.items()},
+        )
+
+
+def _maybe_array(values: list[float] | None) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, np.float32)
+
+
+def _decode_image(payload: dict[str, Any]) -> np.ndarray:
+    """A foxglove.CompressedImage with a PNG -> (H, W, 3) uint8 RGB."""
+    if payload["format"] != "png":
+        raise ValueError(f"image format {payload['format']!r}, expected 'png'")
+    png = np.frombuffer(base64.b64decode(payload["data"], validate=True), np.uint8)
+    bgr = cv2.imdecode(png, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("image data is not a PNG")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def read_episode(path: str | Path) -> Episode:
+    """Read an episode file; a file torn by a crash gives its whole steps and `complete=False`.
+
+    Raises EpisodeError for a missing file, one that is not MCAP or not an omniloop episode, one torn
+    before its metadata, and one whose records are corrupt (naming the last good step).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EpisodeError(f"{path}: episode file not found")
+    size = path.stat().st_size
+    assembler = _Assembler(path)
+    complete = False
+    with path.open("rb") as file:
+        stream = _ExactReads(file)
+        # The size limit keeps a corrupt length field from asking for gigabytes.
+        reader = StreamReader(stream, record_size_limit=size)
+        try:
+            for record in reader.records:
+                assembler.add(record)
+                if isinstance(record, Footer):
+                    complete = True  # the closing magic is read on the next turn; if torn, _Torn follows
+        except _Torn:
+            complete = False
+        except InvalidMagic:
+            if stream.offset <= 8:
+                raise EpisodeError(f"{path}: not an MCAP file (bad magic bytes)") from None
+            raise EpisodeError(f"{path}: corrupt closing magic after {assembler.last_good}") from None
+        except (McapError, UnicodeDecodeError, ValueError) as exc:
+            where = f"near byte {stream.offset} after {assembler.last_good}"
+            raise EpisodeError(f"{path}: corrupt {where}: {exc}") from None
+    if assembler.metadata is None:
+        if complete:
+            raise EpisodeError(f"{path}: not an omniloop episode (no '{METADATA_NAME}' metadata)")
+        raise EpisodeError(f"{path}: file ends at byte {size}, before its episode metadata; no step is readable")
+    return Episode(
+        metadata=assembler.metadata,
+        attachments=assembler.attachments,
+        steps=assembler.steps,
+        complete=complete,
+        audio_sample_rate=assembler.audio_sample_rate,
+        path=path,
+    )

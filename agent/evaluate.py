@@ -1,0 +1,72 @@
+"""Evaluation: run whole episodes without exploration or learning, and report return and success.
+
+The same protocol measures the agent and a uniformly random policy, so the two can be set side by
+side. Evaluation episodes draw their starts from a seed range that training never uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.brain import Brain
+
+EVAL_SEED_OFFSET = 1_000_000_007  # far from the training episodes' seeds
+
+
+@dataclass
+class Evaluation:
+    episodes: int
+    mean_return: float
+    std_return: float
+    success_rate: float | None  # None when the task reports no success
+    steps_per_s: float
+
+    def row(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}return": self.mean_return, f"{prefix}return_std": self.std_return,
+               f"{prefix}steps_per_s": self.steps_per_s}
+        if self.success_rate is not None:
+            out[f"{prefix}success"] = self.success_rate
+        return out
+
+
+def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed: int,
+                 reset: Callable[[], None] = lambda: None) -> Evaluation:
+    """Play `episodes` episodes with `policy` (observation -> action); success is the last step's."""
+    returns, successes, steps, start = [], [], 0, time.perf_counter()
+    for i in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed * 10_007 + i)
+        reset()
+        ret, done, info = 0.0, False, {}
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(policy(obs))
+            ret += float(reward)
+            steps += 1
+            done = terminated or truncated
+        returns.append(ret)
+        if "success" in info:
+            successes.append(float(info["success"]))
+    elapsed = time.perf_counter() - start
+    return Evaluation(episodes, float(np.mean(returns)), float(np.std(returns)),
+                      float(np.mean(successes)) if successes else None, steps / max(elapsed, 1e-9))
+
+
+def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
+    """The agent plans as it does while learning, but commits to its plan without exploration noise."""
+    def policy(obs: dict) -> np.ndarray:
+        return brain.act(brain.encode(brain.prepare(obs)), explore=False).action
+
+    return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode)
+
+
+def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+
+    def policy(obs: dict) -> np.ndarray:
+        return rng.uniform(low, high).astype(np.float32)
+
+    return run_episodes(env, policy, episodes, seed)

@@ -1,0 +1,193 @@
+"""The loop: observe, plan, act, update. Everything the agent does happens here, in this order.
+
+    o_t --encode--> z_t --deliberate--> a_t (+ the latent and reward it expects)
+    body.step(a_t) --> o_{t+1}, r_t --encode--> z_{t+1}
+    surprise_t = how far z_{t+1} and r_t fell from what was expected
+      -> the step's replay priority, how many learner steps to take now, whether to drop the plan,
+         and how long to think next time
+    every step goes to the episode file; every episode to metrics.csv; checkpoints now and then.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sim
+from agent.brain import Brain
+from agent.checkpoint import load_checkpoint, save_checkpoint
+from agent.config import Config, save_config
+from agent.episodes import EpisodeWriter, StepRecord
+from agent.metrics import MetricsLog
+from agent.plots import plot_learning_curve
+from agent.progress import Progress
+from agent.video import write_side_by_side
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class Counters:
+    env_step: int = 0
+    episode: int = 0
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class EpisodeResult:
+    row: dict[str, float | int]  # the episode's line of metrics.csv
+    real: list[np.ndarray]  # camera frames, for the video
+    imagined: list[np.ndarray]  # what the model pictured for each frame
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True) -> list[dict]:
+    """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir."""
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
+    torch.manual_seed(cfg.run.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    env = sim.make(cfg.env, seed=cfg.run.seed)
+    brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
+    counters = Counters()
+    if resume:
+        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+        brain.load_state(tensors, meta)
+        counters.env_step, counters.episode = meta["env_step"], meta["episode"]
+    metrics = MetricsLog(run_dir / "metrics.csv")
+    rows: list[dict] = []
+    last: EpisodeResult | None = None
+    try:
+        with Progress(cfg.run.steps, counters.env_step, enabled=show_progress) as progress:
+            while counters.env_step < cfg.run.steps:
+                last = run_episode(env, brain, cfg, run_dir, counters, progress)
+                metrics.append(last.row)
+                rows.append(last.row)
+                progress.episode_done(last.row)
+                if counters.episode % cfg.run.checkpoint_every == 0:
+                    checkpoint(brain, counters, run_dir)
+    finally:
+        env.close()
+    checkpoint(brain, counters, run_dir)
+    if last is not None and cfg.run.video and last.imagined:
+        write_side_by_side(run_dir / "last_episode.mp4", last.real, last.imagined, fps=1 / sim.control_period(env))
+    return rows
+
+
+def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counters, progress: Progress) -> EpisodeResult:
+    seed = cfg.run.seed * 100_003 + counters.episode  # a fresh, reproducible start for every episode
+    obs, _ = env.reset(seed=seed)
+    brain.deliberation.new_episode()
+    o = brain.prepare(obs)
+    z = brain.encode(o)
+    writer = open_writer(env, cfg, run_dir, counters.episode, seed) if cfg.run.record_episodes else None
+    keep_frames = cfg.run.video and "image" in o
+    real, imagined = [], []
+    if keep_frames:
+        real.append(o["image"])
+        imagined.append(brain.imagine_frame(z))
+    averages = Averages()
+    ret, success, t, start = 0.0, False, 0, time.perf_counter()
+    done = False
+    while not done and counters.env_step < cfg.run.steps:
+        captured = time.time_ns()
+        step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
+        next_obs, reward, terminated, truncated, info = env.step(step.action)
+        done = terminated or truncated
+        o_next = brain.prepare(next_obs)
+        z_next = brain.encode(o_next)
+        s = brain.surprise(step, z_next, float(reward))
+        brain.memory.add(o, step.action, float(reward), terminated, s["total"])
+        replanned = brain.deliberation.observe(s["total"])
+
+        if counters.env_step == cfg.run.seed_steps:  # the seed data is in: fit to it, then catch up at once
+            brain.fit_input_statistics()
+            learned = brain.learn(cfg.run.warmup_updates)
+        elif counters.env_step > cfg.run.seed_steps:
+            learned = brain.learn(brain.updates_due(brain.deliberation.relative_surprise))
+        else:
+            learned = []
+        if learned:
+            z_next = brain.encode(o_next)  # the encoder moved: plan next from the fresh latent
+
+        trace = step.trace.scalars() if step.trace else {}
+        if writer is not None:
+            writer.write(StepRecord(
+                step=t, time_ns=captured, observation=obs, action_requested=step.action,
+                action_sent=step.action, action_applied=np.asarray(info.get("action_applied", step.action)),
+                reward=float(reward), terminated=bool(terminated), truncated=bool(truncated),
+                success=info.get("success"), surprise=s, plan=trace or None,
+                sim_state=info.get("sim_state")))
+        if keep_frames:
+            real.append(o_next["image"])
+            imagined.append(brain.imagine_frame(step.expected_latent))
+        averages.add({"surprise": s["total"], "surprise_latent": s["latent"], "surprise_reward": s["reward"],
+                            "replanned": float(replanned), **{f"plan_{k}": float(v) for k, v in trace.items()}})
+        for m in learned:
+            averages.add(m, prefix="train_")
+        ret += float(reward)
+        success = bool(info.get("success", False))
+        counters.env_step += 1
+        t += 1
+        progress.step(counters.env_step, s["total"], trace.get("think_ms"))
+        obs, o, z = next_obs, o_next, z_next
+
+    brain.memory.add(o)  # the episode's last observation closes its sequences (also when the run ends mid-way)
+    if writer is not None:
+        writer.close()
+    counters.episode += 1
+    elapsed = time.perf_counter() - start
+    row = {"env_step": counters.env_step, "episode": counters.episode, "return": ret,
+           "success": float(success), "length": t, "steps_per_s": t / max(elapsed, 1e-9),
+           "wall_s": time.time() - counters.started, "updates": brain.learner.updates,
+           "skipped_updates": brain.learner.skipped}
+    row.update(averages.means())
+    return EpisodeResult(row, real, imagined)
+
+
+def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int) -> EpisodeWriter:
+    attachments = {"config.yaml": (run_dir / "config.yaml").read_bytes()}
+    model_xml = getattr(env.unwrapped, "model_xml", None)
+    if callable(model_xml):
+        attachments["model.xml"] = model_xml().encode()
+    meta = {"run": run_dir.name, "seed": str(seed), "env": cfg.env.name, "episode": str(episode),
+            "code_version": code_version()}
+    return EpisodeWriter(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments)
+
+
+def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:
+    tensors, meta = brain.state()
+    meta.update(env_step=counters.env_step, episode=counters.episode)
+    save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
+    if (run_dir / "metrics.csv").exists():
+        plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+
+
+class Averages:
+    """Running means of named scalars over one episode."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float], prefix: str = "") -> None:
+        for k, v in values.items():
+            self.sums[prefix + k] = self.sums.get(prefix + k, 0.0) + v
+            self.counts[prefix + k] = self.counts.get(prefix + k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}

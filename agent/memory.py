@@ -1,0 +1,123 @@
+"""Replay memory with surprise priorities.
+
+The memory is a ring of time steps. Entry t holds the observation o_t and, unless it is the last
+observation of an episode, the action a_t taken in it, the reward r_t and whether the episode
+terminated after it. The learner samples sequences of H actions (H+1 observations) that lie inside one
+episode; a sequence starting at t is drawn with probability proportional to priority_t ** alpha, where
+the priority is the surprise of step t: first as measured while acting, then as re-measured by each
+learner step that used it. Importance weights (N * P_t) ** -beta, scaled to a maximum of 1, undo the bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MemoryConfig:
+    capacity: int = 100_000  # time steps kept; the oldest are overwritten
+    alpha: float = 0.6  # 0 is uniform sampling, 1 is fully proportional to surprise
+    beta: float = 0.4  # importance-weight correction
+    min_priority: float = 1e-3
+
+
+class Memory:
+    def __init__(self, cfg: MemoryConfig, obs_spec: dict[str, tuple[tuple[int, ...], str]], action_dim: int,
+                 horizon: int, seed: int = 0):
+        self.cfg = cfg
+        self.horizon = horizon
+        self.action_dim = action_dim
+        n = cfg.capacity
+        self.obs = {k: np.zeros((n, *shape), dtype=np.dtype(dtype)) for k, (shape, dtype) in obs_spec.items()}
+        self.action = np.zeros((n, action_dim), dtype=np.float32)
+        self.reward = np.zeros(n, dtype=np.float32)
+        self.terminated = np.zeros(n, dtype=np.float32)
+        self.has_action = np.zeros(n, dtype=bool)
+        self.episode = np.full(n, -1, dtype=np.int64)
+        self.surprise = np.zeros(n, dtype=np.float32)  # surprise of the step that starts at t
+        self.priority = np.zeros(n, dtype=np.float64)  # 0 where no full sequence starts
+        self.ptr = 0  # next entry to write
+        self.size = 0
+        self.episodes = 0  # index of the episode being written
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def ready(self) -> int:
+        """How many sequences can be sampled."""
+        return int(np.count_nonzero(self.priority))
+
+    def add(self, obs: dict[str, np.ndarray], action: np.ndarray | None = None, reward: float = 0.0,
+            terminated: bool = False, surprise: float | None = None) -> None:
+        """Append o_t with the step taken from it; `action=None` closes the episode with its last o."""
+        i = self.ptr
+        self.priority[[(i - k) % self.cfg.capacity for k in range(self.horizon + 1)]] = 0.0  # overwritten
+        for k, buf in self.obs.items():
+            buf[i] = obs[k]
+        self.has_action[i] = action is not None
+        self.action[i] = 0.0 if action is None else action
+        self.reward[i] = reward
+        self.terminated[i] = float(terminated)
+        self.episode[i] = self.episodes
+        self.surprise[i] = 1.0 if surprise is None else surprise
+        self.ptr = (i + 1) % self.cfg.capacity
+        self.size = min(self.size + 1, self.cfg.capacity)
+        self._open_sequence_ending_at(i)
+        if action is None:
+            self.episodes += 1
+
+    def _open_sequence_ending_at(self, last: int) -> None:
+        start = (last - self.horizon) % self.cfg.capacity
+        idx = [(start + k) % self.cfg.capacity for k in range(self.horizon + 1)]
+        if self.size < self.horizon + 1 or (self.episode[idx] != self.episode[last]).any():
+            return
+        if self.has_action[idx[:-1]].all():
+            self.priority[start] = max(float(self.surprise[start]), self.cfg.min_priority)
+
+    def sample(self, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Draw `batch_size` sequence starts. Returns arrays:
+        obs: key -> (B, H+1, *shape); action (B, H, A); reward (B, H); terminated (B, H);
+        weight (B,); and the start indices (B,) for `update_priorities`."""
+        p = self.priority ** self.cfg.alpha
+        total = p.sum()
+        if total <= 0:
+            raise RuntimeError("the memory holds no complete sequence yet: add more steps before sampling")
+        p /= total
+        starts = self.rng.choice(len(p), size=batch_size, p=p)
+        idx = (starts[:, None] + np.arange(self.horizon + 1)) % self.cfg.capacity  # (B, H+1)
+        weight = (self.ready * p[starts]) ** -self.cfg.beta
+        batch = {
+            "obs": {k: buf[idx] for k, buf in self.obs.items()},
+            "action": self.action[idx[:, :-1]],
+            "reward": self.reward[idx[:, :-1]],
+            "terminated": self.terminated[idx[:, :-1]],
+            "weight": (weight / weight.max()).astype(np.float32),
+        }
+        return batch, starts
+
+    def update_priorities(self, starts: np.ndarray, surprise: np.ndarray) -> None:
+        live = self.priority[starts] > 0  # a sequence overwritten since it was drawn stays closed
+        self.priority[starts[live]] = np.maximum(surprise[live], self.cfg.min_priority)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Arrays and counters for a checkpoint (only the filled part of the ring)."""
+        n = self.size
+        arrays = {f"obs.{k}": v[:n] for k, v in self.obs.items()}
+        arrays.update(action=self.action[:n], reward=self.reward[:n], terminated=self.terminated[:n],
+                      has_action=self.has_action[:n], episode=self.episode[:n], surprise=self.surprise[:n],
+                      priority=self.priority[:n])
+        return arrays, {"ptr": self.ptr, "size": self.size, "episodes": self.episodes}
+
+    def load_state(self, arrays: dict[str, np.ndarray], counters: dict[str, int]) -> None:
+        n = int(counters["size"])
+        if n > self.cfg.capacity:
+            raise ValueError(f"the checkpoint's memory holds {n} steps, more than memory.capacity={self.cfg.capacity}")
+        for k, v in self.obs.items():
+            v[:n] = arrays[f"obs.{k}"]
+        for name in ("action", "reward", "terminated", "has_action", "episode", "surprise", "priority"):
+            getattr(self, name)[:n] = arrays[name]
+        self.ptr, self.size, self.episodes = int(counters["ptr"]), n, int(counters["episodes"])

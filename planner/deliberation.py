@@ -1,0 +1,70 @@
+"""How long System 2 thinks, and when System 1 is trusted on its own.
+
+After every step the agent reports the surprise it measured. The deliberation keeps running means of
+surprise and of the value ensemble's disagreement, and compares each new step to them:
+- relative surprise or disagreement above 1 scales the MPPI iteration budget up (to think_max);
+  a calm, well-known state scales it down (to think_min);
+- a step far more surprising than usual (replan_surprise) drops the warm-started plan: the future it
+  was built for did not happen;
+- when both are low (fast_surprise, fast_uncertainty), the policy prior acts alone, with no search.
+The wall-clock deadline always holds: the search returns its best plan when it runs out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from planner.config import DeliberationConfig
+from planner.interface import LatentModel
+from planner.mppi import MPPI, PlanTrace
+
+
+class Deliberation:
+    def __init__(self, cfg: DeliberationConfig, mppi: MPPI):
+        self.cfg = cfg
+        self.mppi = mppi
+        self.surprise_mean: float | None = None
+        self.uncertainty_mean: float | None = None
+        self.relative_surprise = 1.0
+
+    def new_episode(self) -> None:
+        self.mppi.reset()
+        self.relative_surprise = 1.0
+
+    def observe(self, surprise: float) -> bool:
+        """Report the last step's surprise; returns True when it dropped the warm start."""
+        mean = self.surprise_mean if self.surprise_mean is not None else surprise
+        self.relative_surprise = surprise / max(mean, 1e-8)
+        self.surprise_mean = mean + self.cfg.surprise_ema * (surprise - mean)
+        if self.relative_surprise > self.cfg.replan_surprise:
+            self.mppi.reset()
+            return True
+        return False
+
+    @torch.no_grad()
+    def decide(self, model: LatentModel, z0: torch.Tensor, explore: bool) -> tuple[torch.Tensor, PlanTrace]:
+        """z0 (Z,) -> action (A,) and its trace."""
+        start = time.perf_counter()
+        prior = model.policy(z0[None], deterministic=True)
+        unsure = float(model.uncertainty(z0[None], prior)[0])
+        mean_u = self.uncertainty_mean if self.uncertainty_mean is not None else unsure
+        self.uncertainty_mean = mean_u + self.cfg.surprise_ema * (unsure - mean_u)
+        relative_unsure = unsure / max(mean_u, 1e-8)
+
+        cfg = self.cfg
+        if cfg.fast_path and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
+            action = model.policy(z0[None], deterministic=not explore)[0]
+            self.mppi.reset()  # the search's plan no longer follows what was done
+            z1 = model.step(z0[None], action[None])[0]
+            r0 = float(model.reward(z0[None], action[None])[0])
+            value = float(model.value(z0[None], action[None])[0])
+            return action, PlanTrace(0, value, value, 1e3 * (time.perf_counter() - start), z1, r0, True)
+
+        scale = min(cfg.think_max, max(cfg.think_min, max(self.relative_surprise, relative_unsure)))
+        iterations = max(1, round(self.mppi.cfg.iterations * scale))
+        remaining = cfg.deadline_s - (time.perf_counter() - start)
+        action, trace = self.mppi.plan(model, z0, iterations, remaining, cfg.explore if explore else 0.0)
+        trace.think_ms = 1e3 * (time.perf_counter() - start)
+        return action, trace

@@ -1,0 +1,14 @@
+"""Options of the body in simulation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EnvConfig:
+    name: str = "reach"  # "reach", "gym:ID" (any Box env) or "dmc:DOMAIN-TASK"
+    image_size: int = 64  # side of the square camera image
+    pixels: bool = True  # adapters: add a rendered `image` to the observation
+    action_repeat: int = 0  # 0 means the task's default: 2 for dmc:, 1 otherwise
+    episode_length: int = 0  # agent steps per episode; 0 means the task's default (reach: 50)

@@ -1,0 +1,224 @@
+"""The `gym:` and `dmc:` adapters: API conformance, observation dicts, actions, seeding, errors."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env, data_equivalence
+
+import sim
+from sim.adapters import DMCAdapter, GymAdapter, rescale_action
+from sim.config import EnvConfig
+
+# Expected from the checker for these tasks: their state observations are unbounded, and
+# adapters built outside gymnasium.make have no spec to re-make them with other render modes.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*Box observation space m.*infinity"),
+    pytest.mark.filterwarnings("ignore:.*Not able to test alternative render modes"),
+]
+
+
+def make(name: str, pixels: bool = True, seed: int | None = None, **kw) -> gymnasium.Env:
+    return sim.make(EnvConfig(name=name, pixels=pixels, **kw), seed=seed)
+
+
+def rollout(name: str, seed: int, pixels: bool, steps: int = 20) -> list:
+    env = make(name, pixels=pixels)
+    try:
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(0)
+        out = [obs]
+        for _ in range(steps):
+            obs, reward, terminated, truncated, _ = env.step(rng.uniform(-1, 1, size=env.action_space.shape))
+            out.append((obs, reward, terminated, truncated))
+        return out
+    finally:
+        env.close()
+
+
+# ------------------------------------------------------------------------------ check_env
+
+
+@pytest.mark.parametrize(
+    "name, pixels",
+    [("gym:InvertedPendulum-v5", True), ("dmc:reacher-easy", False), ("dmc:cartpole-swingup", True)],
+)
+def test_check_env(name, pixels):
+    env = make(name, pixels=pixels, seed=0)
+    try:
+        check_env(env)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "name, pixels, proprio",
+    [("gym:InvertedPendulum-v5", True, 4), ("gym:Reacher-v5", False, 10), ("dmc:reacher-easy", True, 6)],
+)
+def test_observation_dict(name, pixels, proprio):
+    env = make(name, pixels=pixels, image_size=32)
+    try:
+        expected = {"proprio": ((proprio,), "float32")}
+        if pixels:
+            expected["image"] = ((32, 32, 3), "uint8")
+        assert sim.observation_spec(env.observation_space) == expected
+        obs, _ = env.reset(seed=0)
+        obs, *_ = env.step(env.action_space.sample())
+        assert set(obs) == set(expected) and obs in env.observation_space
+        assert env.action_space == spaces.Box(-1.0, 1.0, shape=env.action_space.shape, dtype=np.float32)
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("name, pixels", [("gym:InvertedPendulum-v5", True), ("dmc:reacher-easy", True)])
+def test_same_seed_same_episode(name, pixels):
+    assert data_equivalence(rollout(name, 3, pixels), rollout(name, 3, pixels), exact=True)
+
+
+@pytest.mark.parametrize("name", ["gym:InvertedPendulum-v5", "dmc:reacher-easy"])
+def test_different_seed_different_start(name):
+    a, b = rollout(name, 3, False, steps=0), rollout(name, 4, False, steps=0)
+    assert not np.array_equal(a[0]["proprio"], b[0]["proprio"])
+
+
+def test_dmc_make_seed_matches_reset_seed():
+    seeded, fresh = make("dmc:reacher-easy", pixels=False, seed=11), make("dmc:reacher-easy", pixels=False)
+    try:
+        assert np.array_equal(seeded.reset()[0]["proprio"], fresh.reset(seed=11)[0]["proprio"])
+    finally:
+        seeded.close()
+        fresh.close()
+
+
+# -------------------------------------------------------------------------------- actions
+
+
+def test_rescale_action():
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 10.0])
+    assert np.allclose(rescale_action(np.array([-1.0, -1.0]), low, high), low)
+    assert np.allclose(rescale_action(np.array([1.0, 1.0]), low, high), high)
+    assert np.allclose(rescale_action(np.array([0.0, 0.5]), low, high), [0.0, 7.5])
+    assert np.allclose(rescale_action(np.array([5.0, -5.0]), low, high), [2.0, 0.0])  # clipped
+
+
+def test_gym_actions_reach_the_original_bounds():
+    env = make("gym:InvertedPendulum-v5", pixels=False)  # its action space is Box(-3, 3)
+    try:
+        assert isinstance(env, GymAdapter)
+        inner = env._env.unwrapped
+        env.reset(seed=0)
+        env.step(np.ones(1, dtype=np.float32))
+        assert np.allclose(inner.data.ctrl, 3.0)
+        env.step(-np.ones(1, dtype=np.float32))
+        assert np.allclose(inner.data.ctrl, -3.0)
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------- time limits
+
+
+def test_dmc_truncates_at_its_time_limit():
+    env = make("dmc:reacher-easy", pixels=False)  # 1000 control steps, repeat 2: 500 agent steps
+    try:
+        assert isinstance(env, DMCAdapter) and env.action_repeat == 2
+        env.reset(seed=0)
+        zero = np.zeros(env.action_space.shape, dtype=np.float32)
+        flags = [env.step(zero)[2:4] for _ in range(500)]
+        assert flags[-1] == (False, True) and all(f == (False, False) for f in flags[:-1])
+        assert sim.control_period(env) == pytest.approx(0.04)
+    finally:
+        env.close()
+
+
+def test_dmc_episode_length_and_repeat_from_config():
+    env = make("dmc:cartpole-swingup", pixels=False, action_repeat=4, episode_length=3)
+    try:
+        env.reset(seed=0)
+        flags = [env.step(np.zeros(1, dtype=np.float32))[3] for _ in range(3)]
+        assert flags == [False, False, True] and sim.control_period(env) == pytest.approx(0.04)
+    finally:
+        env.close()
+
+
+def test_gym_control_period():
+    env = make("gym:InvertedPendulum-v5", pixels=False, action_repeat=2)
+    try:
+        assert sim.control_period(env) == pytest.approx(0.08)
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------- info, errors
+
+
+class _SucceedingEnv(gymnasium.Env):
+    """A tiny Box env whose info carries `success`, to check that it is passed through."""
+
+    observation_space = spaces.Box(-1.0, 1.0, shape=(2, 2), dtype=np.float64)
+    action_space = spaces.Box(0.0, 4.0, shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, size=(2, 2)), {}
+
+    def step(self, action):
+        return np.full((2, 2), float(action[0]) / 4.0), 1.0, False, False, {"success": bool(action[0] > 2.0)}
+
+
+if "omniloop_test/Succeeding-v0" not in gymnasium.registry:
+    gymnasium.register(id="omniloop_test/Succeeding-v0", entry_point=_SucceedingEnv)
+
+
+def test_gym_success_is_passed_through_and_obs_flattened():
+    env = make("gym:omniloop_test/Succeeding-v0", pixels=False)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["proprio"].shape == (4,) and obs["proprio"].dtype == np.float32
+        obs, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))  # -> 4.0 in the original bounds
+        assert info["success"] is True and np.allclose(obs["proprio"], 1.0)
+        assert env.step(np.array([-1.0], dtype=np.float32))[4]["success"] is False
+    finally:
+        env.close()
+
+
+def test_gym_without_success_has_none():
+    env = make("gym:InvertedPendulum-v5", pixels=False)
+    try:
+        env.reset(seed=0)
+        assert "success" not in env.step(env.action_space.sample())[4]
+    finally:
+        env.close()
+
+
+def test_non_box_space_is_refused():
+    with pytest.raises(ValueError, match=r"CartPole-v1.*action space must be a Box.*Discrete"):
+        make("gym:CartPole-v1")
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("gym:NoSuchEnv-v0", "unknown Gymnasium env id 'NoSuchEnv-v0'"),
+        ("dmc:reacher", "DOMAIN-TASK"),
+        ("dmc:nosuch-easy", "unknown dm_control domain 'nosuch'"),
+        ("dmc:reacher-nosuch", "unknown dm_control task 'nosuch'.*easy, hard"),
+    ],
+)
+def test_bad_names_are_refused(name, message):
+    with pytest.raises(ValueError, match=message):
+        make(name)
+
+
+def test_dmc_task_names_with_underscores():
+    env = make("dmc:cartpole-swingup_sparse", pixels=False)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["proprio"].shape == (5,)
+    finally:
+        env.close()

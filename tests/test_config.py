@@ -1,0 +1,60 @@
+"""The config tree: YAML, overrides, and clear refusals."""
+
+import pytest
+
+from agent.cli import DEFAULT_CONFIG, main
+from agent.config import Config, ConfigError, load_config
+
+
+def test_defaults_and_the_shipped_default_yaml_load():
+    assert isinstance(load_config(None), Config)
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.env.name == "reach"
+
+
+def test_overrides_reach_any_field_and_keep_types():
+    cfg = load_config(None, ["planner.horizon=5", "learner.lr=1e-3", "worldmodel.moe.dense=true", "run.out=x"])
+    assert cfg.planner.horizon == 5
+    assert cfg.learner.lr == pytest.approx(1e-3)
+    assert cfg.worldmodel.moe.dense is True
+    assert cfg.run.out == "x"
+    assert load_config(None, ["learner.lr=1"]).learner.lr == 1.0  # an int is a fine float
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"planner\.horizn"):
+        load_config(None, ["planner.horizn=5"])
+    f = tmp_path / "c.yaml"
+    f.write_text("worldmodel:\n  moe:\n    experts: 8\n")
+    with pytest.raises(ConfigError, match=r"worldmodel\.moe\.experts"):
+        load_config(f)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"planner\.horizon must be int, got 'five'"):
+        load_config(None, ["planner.horizon=five"])
+    with pytest.raises(ConfigError, match=r"worldmodel\.moe\.dense must be bool"):
+        load_config(None, ["worldmodel.moe.dense=3"])
+    with pytest.raises(ConfigError, match=r"planner must be a mapping"):
+        load_config(None, ["planner=3"])
+
+
+def test_missing_and_malformed_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("planner: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(None, ["planner.horizon"])
+
+
+def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
+    assert main(["sim", "--steps", "10", "planner.horizn=5", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown config key planner.horizn" in capsys.readouterr().err
+    assert main(["sim", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["sim", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing was started

@@ -1,0 +1,65 @@
+"""Replay memory: sequences stay inside episodes, and surprise sets how often a step is replayed."""
+
+import numpy as np
+import pytest
+
+from agent.memory import Memory, MemoryConfig
+
+SPEC = {"proprio": ((2,), "float32")}
+
+
+def fill(memory, episodes, length, surprise=lambda e, t: 1.0):
+    for e in range(episodes):
+        for t in range(length):
+            memory.add({"proprio": np.array([e, t], np.float32)}, np.array([t], np.float32), float(t), False,
+                       surprise(e, t))
+        memory.add({"proprio": np.array([e, length], np.float32)})
+
+
+def test_sequences_never_cross_an_episode_boundary():
+    m = Memory(MemoryConfig(capacity=1000), SPEC, 1, horizon=3, seed=0)
+    fill(m, episodes=5, length=6)
+    assert m.ready == 5 * (6 - 3 + 1)
+    batch, starts = m.sample(256)
+    obs = batch["obs"]["proprio"]  # (B, H+1, 2)
+    assert obs.shape == (256, 4, 2)
+    assert (obs[:, :, 0] == obs[:, :1, 0]).all()  # one episode per sequence
+    assert (np.diff(obs[:, :, 1], axis=1) == 1).all()  # consecutive steps
+    assert np.array_equal(batch["action"][:, :, 0], obs[:, :-1, 1])
+    assert batch["weight"].max() == pytest.approx(1.0)
+
+
+def test_surprising_steps_are_replayed_more_often():
+    m = Memory(MemoryConfig(capacity=1000, alpha=1.0), SPEC, 1, horizon=1, seed=0)
+    fill(m, episodes=2, length=10, surprise=lambda e, t: 10.0 if (e, t) == (1, 4) else 1.0)
+    batch, starts = m.sample(4000)
+    hot = np.mean((batch["obs"]["proprio"][:, 0] == [1, 4]).all(-1))
+    assert hot == pytest.approx(10 / 29, abs=0.03)  # 18 starts at 1 and one at 10
+    m.update_priorities(starts, np.full(len(starts), 1.0))
+    batch, _ = m.sample(4000)
+    assert np.mean((batch["obs"]["proprio"][:, 0] == [1, 4]).all(-1)) < 0.1
+
+
+def test_the_ring_overwrites_old_sequences_cleanly():
+    m = Memory(MemoryConfig(capacity=16), SPEC, 1, horizon=2, seed=0)
+    fill(m, episodes=6, length=4)  # 30 entries through a ring of 16
+    batch, _ = m.sample(500)
+    obs = batch["obs"]["proprio"]
+    assert (obs[:, :, 0] == obs[:, :1, 0]).all() and (np.diff(obs[:, :, 1], axis=1) == 1).all()
+    assert obs[:, 0, 0].min() >= 3  # only the newest episodes remain
+
+
+def test_state_round_trip():
+    m = Memory(MemoryConfig(capacity=64), SPEC, 1, horizon=2, seed=0)
+    fill(m, episodes=3, length=5)
+    arrays, counters = m.state()
+    n = Memory(MemoryConfig(capacity=64), SPEC, 1, horizon=2, seed=0)
+    n.load_state(arrays, counters)
+    assert n.ready == m.ready and n.ptr == m.ptr and n.episodes == m.episodes
+    assert np.array_equal(n.priority, m.priority)
+
+
+def test_sampling_an_empty_memory_says_why():
+    m = Memory(MemoryConfig(capacity=8), SPEC, 1, horizon=3)
+    with pytest.raises(RuntimeError, match="no complete sequence"):
+        m.sample(4)

@@ -1,0 +1,88 @@
+"""MPPI on a small hand-written model that implements the planner's world-model interface."""
+
+import torch
+
+from planner.config import DeliberationConfig, PlannerConfig
+from planner.deliberation import Deliberation
+from planner.mppi import MPPI
+
+
+class PointMass:
+    """z is a 2-D position; an action moves it by 0.1 * a; reward is minus the squared distance to a goal."""
+
+    action_dim = 2
+
+    def __init__(self, goal):
+        self.goal = torch.tensor(goal)
+
+    def step(self, z, a):
+        return z + 0.1 * a
+
+    def reward(self, z, a):
+        return -((self.step(z, a) - self.goal) ** 2).sum(-1)
+
+    def value(self, z, a):
+        return self.reward(z, a) / (1 - 0.9)
+
+    def policy(self, z, deterministic=False):
+        return torch.zeros(z.shape[0], 2)  # a useless prior: the search must do the work
+
+    def uncertainty(self, z, a):
+        return torch.zeros(z.shape[0])
+
+
+def planner(**kw):
+    cfg = PlannerConfig(horizon=3, samples=512, iterations=8, elites=64, temperature=0.05, **kw)
+    return MPPI(cfg, 2, torch.Generator().manual_seed(0))
+
+
+def test_mppi_finds_the_optimum_of_a_known_model():
+    model = PointMass([0.05, -0.03])
+    action, trace = planner().plan(model, torch.zeros(2))
+    # the best first move reaches the goal in one step: a = goal / 0.1
+    assert torch.allclose(action, torch.tensor([0.5, -0.3]), atol=0.08), action
+    assert trace.iterations == 8
+    assert trace.best_return <= 0 and trace.best_return > -0.01
+    assert torch.allclose(trace.expected_latent, model.step(torch.zeros(1, 2), action[None])[0])
+
+
+def test_mppi_warm_start_shifts_the_last_plan():
+    model = PointMass([0.3, 0.0])  # three steps away at full speed
+    mppi = planner()
+    mppi.plan(model, torch.zeros(2))
+    assert mppi.mean is not None and mppi.mean[0, 0] > 0.8
+    mppi.reset()
+    assert mppi.mean is None
+
+
+def test_mppi_stops_at_the_deadline_with_its_best_plan():
+    class Slow(PointMass):
+        def step(self, z, a):
+            import time
+            time.sleep(0.002)
+            return super().step(z, a)
+
+    action, trace = planner().plan(Slow([0.05, 0.05]), torch.zeros(2), iterations=10_000, deadline_s=0.05)
+    assert 1 <= trace.iterations < 10_000
+    assert action.abs().max() <= 1
+
+
+def test_deliberation_thinks_longer_after_a_surprise_and_drops_the_plan():
+    d = Deliberation(DeliberationConfig(fast_path=False, think_min=0.5, think_max=2.0, replan_surprise=3.0), planner())
+    model = PointMass([0.1, 0.1])
+    for _ in range(20):
+        d.observe(1.0)
+    _, calm = d.decide(model, torch.zeros(2), explore=False)
+    assert d.observe(10.0) is True  # far above the running mean: the warm start goes
+    assert d.mppi.mean is None
+    _, alarmed = d.decide(model, torch.zeros(2), explore=False)
+    assert alarmed.iterations > calm.iterations
+
+
+def test_deliberation_trusts_system_one_when_calm_and_sure():
+    d = Deliberation(DeliberationConfig(fast_path=True, fast_surprise=0.5, fast_uncertainty=0.01), planner())
+    d.observe(1.0)
+    d.observe(0.1)  # much calmer than usual
+    action, trace = d.decide(PointMass([0.1, 0.1]), torch.zeros(2), explore=False)
+    assert trace.fast_path and trace.iterations == 0
+    assert torch.equal(action, torch.zeros(2))

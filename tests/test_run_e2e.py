@@ -1,0 +1,56 @@
+"""A short `omniloop sim` run writes every artifact of its run folder, and --resume continues it."""
+
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+
+from agent.checkpoint import load_checkpoint
+from agent.cli import main
+from agent.episodes import read_episode
+from agent.metrics import read_metrics
+
+SMALL = [
+    "env.episode_length=20", "run.seed_steps=30", "run.warmup_updates=2", "run.checkpoint_every=2",
+    "learner.batch_size=8", "planner.samples=32", "planner.elites=8", "planner.iterations=2",
+    "worldmodel.d_model=32", "worldmodel.latent_dim=32", "worldmodel.head_hidden=32",
+    "worldmodel.dynamics_width=32", "worldmodel.moe.expert_hidden=32",
+]
+
+
+def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agent.cli", "sim", "--steps", "60", "--seed", "3", "--out", str(run_dir),
+           "--no-progress", *SMALL]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert done.returncode == 0, done.stderr
+    assert "done: 60 env steps" in done.stdout
+
+    for name in ("config.yaml", "metrics.csv", "checkpoint.safetensors", "learning_curve.png", "last_episode.mp4"):
+        assert (run_dir / name).is_file(), name
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [r["env_step"] for r in rows] == [20, 40, 60]
+    assert {"return", "success", "surprise", "plan_think_ms", "train_loss", "moe_max_load"} <= set(rows[-1]) | {
+        k.removeprefix("train_") for k in rows[-1]}
+    episodes = sorted((run_dir / "episodes").glob("*.mcap"))
+    assert len(episodes) == 3
+    ep = read_episode(episodes[-1])
+    assert ep.complete and len(ep.steps) == 20
+    assert ep.steps[5].observation["image"].shape == (64, 64, 3)
+    assert ep.steps[5].plan is not None and ep.steps[5].surprise is not None
+    assert "model.xml" in ep.attachments and "config.yaml" in ep.attachments
+    video = iio.imread(run_dir / "last_episode.mp4")
+    assert video.shape[0] == 21  # the first frame and one per step
+    assert video.shape[2] > 2 * video.shape[1] * 0.9  # two panels side by side
+    _, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
+    assert meta["env_step"] == 60 and meta["episode"] == 3
+
+    # --resume continues where the run stopped, with the saved config
+    assert main(["sim", "--resume", str(run_dir), "--steps", "100", "--no-progress"]) == 0
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [r["env_step"] for r in rows] == [20, 40, 60, 80, 100]
+    assert rows[-1]["updates"] > rows[2]["updates"]  # the learner kept its count
+    assert len(list((run_dir / "episodes").glob("*.mcap"))) == 5
+    _, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
+    assert meta["env_step"] == 100 and meta["episode"] == 5

@@ -1,0 +1,172 @@
+"""Shapes through every head, MoE routing and balance, and a learner that learns."""
+
+import pytest
+import torch
+
+from worldmodel.config import LearnerConfig, MoEConfig, WorldModelConfig
+from worldmodel.learner import Batch, Learner
+from worldmodel.model import WorldModel
+from worldmodel.moe import MoE, make_ffn
+
+SPEC = {"image": (64, 64, 3), "proprio": (8,), "audio": (800,), "instruction": (32,)}
+
+
+def observations(b, spec=SPEC, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = {}
+    for k, shape in spec.items():
+        if k == "image":
+            obs[k] = torch.randint(0, 256, (b, *shape), generator=g, dtype=torch.uint8)
+        elif k == "instruction":
+            text = torch.zeros(b, *shape, dtype=torch.uint8)
+            text[:, :5] = torch.tensor(list(b"reach"), dtype=torch.uint8)
+            obs[k] = text
+        else:
+            obs[k] = torch.randn(b, *shape, generator=g)
+    return obs
+
+
+def small_config(**moe):
+    return WorldModelConfig(latent_dim=32, d_model=32, head_hidden=64, dynamics_width=32,
+                            moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=32, **moe))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_shapes_through_every_head(dense):
+    torch.manual_seed(0)
+    cfg = small_config(dense=dense)
+    model = WorldModel(SPEC, action_dim=3, cfg=cfg)
+    b = 5
+    z = model.encode(observations(b))
+    a = torch.rand(b, 3) * 2 - 1
+    assert z.shape == (b, 32)
+    # SimNorm: every group of simnorm_dim sums to one
+    assert torch.allclose(z.reshape(b, -1, cfg.simnorm_dim).sum(-1), torch.ones(b, 32 // cfg.simnorm_dim), atol=1e-5)
+    assert model.step(z, a).shape == (b, 32)
+    assert model.reward(z, a).shape == (b,)
+    assert model.q(z, a).shape == (cfg.num_q, b)
+    assert model.value(z, a).shape == (b,)
+    assert model.uncertainty(z, a).shape == (b,)
+    pi = model.policy(z)
+    assert pi.shape == (b, 3) and pi.abs().max() <= 1
+    img = model.decode(z)
+    assert img.shape == (b, 64, 64, 3) and img.min() >= 0 and img.max() <= 1
+    stats = model.router_stats()
+    assert (stats == {}) if dense else set(stats) == {"moe_max_load", "moe_entropy", "moe_dropped"}
+
+
+def test_state_only_observations_build_a_model_without_decoder():
+    model = WorldModel({"proprio": (5,)}, 1, small_config())
+    z = model.encode({"proprio": torch.randn(4, 5)})
+    assert z.shape == (4, 32) and model.decoder is None
+    with pytest.raises(RuntimeError, match="no image decoder"):
+        model.decode(z)
+
+
+def test_unknown_observation_key_is_named():
+    with pytest.raises(ValueError, match="lidar"):
+        WorldModel({"lidar": (100,)}, 1, small_config())
+
+
+def test_each_token_reaches_exactly_k_experts():
+    torch.manual_seed(0)
+    moe = MoE(16, MoEConfig(num_experts=8, top_k=2, expert_hidden=8))
+    x = torch.randn(300, 16)
+    probs = torch.softmax(moe.router(x), -1)
+    chosen = probs.topk(2, -1).indices
+    assert all(len(set(row.tolist())) == 2 for row in chosen)
+    # the layer's output equals the explicit sum over the k chosen experts with renormalized gates
+    out = moe(x)
+    gate = probs.gather(1, chosen)
+    gate = gate / gate.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for slot in range(2):
+        for n in range(300):
+            e = chosen[n, slot]
+            h = torch.nn.functional.gelu(x[n] @ moe.w1[e] + moe.b1[e])
+            expected[n] += gate[n, slot] * (h @ moe.w2[e] + moe.b2[e])
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert moe.stats.load.sum().item() == pytest.approx(1.0)
+    assert moe.stats.dropped == 0.0
+
+
+def test_capacity_limit_drops_and_counts():
+    torch.manual_seed(0)
+    moe = MoE(8, MoEConfig(num_experts=4, top_k=1, expert_hidden=8, capacity_factor=0.5))
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 1.0  # everything wants expert 0
+    moe(torch.rand(64, 8) + 0.1)
+    assert moe.stats.dropped >= 0.5
+
+
+def test_balance_loss_spreads_the_load_within_bound():
+    """From a router that puts one expert in every token's top 2 (load 4x the mean), the balance loss
+    alone brings every expert's load within 2x of the mean on random data."""
+    torch.manual_seed(0)
+    e = 8
+    moe = MoE(16, MoEConfig(num_experts=e, top_k=2, expert_hidden=8))
+    with torch.no_grad():
+        moe.router.weight[0] += 0.5  # with inputs of positive mean, expert 0 is in every token's top 2
+    x = torch.randn(2048, 16) + 1.0
+    moe(x)
+    assert moe.stats.load.max() * e > 3.0  # badly balanced to begin with
+    opt = torch.optim.Adam(moe.router.parameters(), lr=0.01)
+    for _ in range(300):
+        moe(torch.randn(512, 16) + 1.0)
+        opt.zero_grad()
+        moe.stats.balance_loss.backward()
+        opt.step()
+    moe(x)
+    assert float(moe.stats.load.max() * e) <= 2.0
+
+
+def test_a_fresh_router_is_balanced_on_random_data():
+    torch.manual_seed(0)
+    moe = MoE(16, MoEConfig(num_experts=8, top_k=2, expert_hidden=8))
+    moe(torch.randn(4096, 16))
+    assert float(moe.stats.load.max() * 8) <= 1.5
+    assert float(moe.stats.load.min() * 8) >= 0.5
+
+
+def test_dense_switch_has_the_same_active_parameters():
+    moe = make_ffn(32, MoEConfig(num_experts=8, top_k=2, expert_hidden=16))
+    dense = make_ffn(32, MoEConfig(dense=True, num_experts=8, top_k=2, expert_hidden=16))
+    active_moe = 2 * (moe.w1[0].numel() + moe.w2[0].numel())  # top_k experts' weights per token
+    assert dense.fc1.weight.numel() + dense.fc2.weight.numel() == active_moe
+    assert sum(p.numel() for p in moe.parameters()) > 3 * sum(p.numel() for p in dense.parameters())
+
+
+def test_learner_lowers_its_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    spec = {"image": (64, 64, 3), "proprio": (8,), "audio": (800,)}
+    model = WorldModel(spec, 2, small_config())
+    learner = Learner(model, LearnerConfig(batch_size=16, horizon=3, lr=1e-3))
+    b, h = 16, 3
+    flat = observations(b * (h + 1), spec, seed=1)
+    batch = Batch(
+        obs={k: v.reshape(b, h + 1, *v.shape[1:]) for k, v in flat.items()},
+        action=torch.rand(b, h, 2) * 2 - 1,
+        reward=torch.rand(b, h),
+        terminated=torch.zeros(b, h),
+        weight=torch.ones(b),
+    )
+    first = learner.update(batch)
+    for _ in range(60):
+        last = learner.update(batch)
+    assert last["reward_loss"] < 0.5 * first["reward_loss"]
+    assert last["reconstruction_loss"] < first["reconstruction_loss"]
+    assert last["loss"] < first["loss"]
+    assert first["priority"].shape == (b,)
+
+
+def test_learner_skips_a_non_finite_loss_and_keeps_its_weights():
+    torch.manual_seed(0)
+    model = WorldModel({"proprio": (4,)}, 1, small_config())
+    learner = Learner(model, LearnerConfig(batch_size=4, horizon=2))
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = Batch(obs={"proprio": torch.randn(4, 3, 4)}, action=torch.zeros(4, 2, 1),
+                  reward=torch.tensor([[float("nan"), 0.0]] * 4), terminated=torch.zeros(4, 2), weight=torch.ones(4))
+    out = learner.update(batch)
+    assert out["skipped"] == 1.0 and learner.skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

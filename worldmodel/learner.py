@@ -1,0 +1,143 @@
+"""The learner: one gradient step of the world model on a batch of short sequences.
+
+Losses (TD-MPC2's recipe, plus the pieces a multimodal MoE model needs):
+- consistency: the latent rollout step(z_t, a_t) must land on encode(o_{t+1}) (target without grad);
+- reward: predicted reward of each step against the observed one;
+- value: every Q head against r_t + discount * Q_target(z_{t+1}, pi(z_{t+1})) (min of two random heads);
+- reconstruction: decode(z_0) against the camera image, so imagined latents can be shown;
+- balance: the MoE layers' load-balancing loss;
+- policy: the prior maximizes Q at its own action, with an entropy bonus (on detached latents).
+Per-step losses decay by rho^t along the rollout. Each sample is weighted by its importance weight
+from prioritized replay, and the step returns each sample's surprise to become its new priority.
+
+A loss that is NaN or inf is not applied: the step is skipped and counted, and the weights stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worldmodel.config import LearnerConfig
+from worldmodel.model import WorldModel
+
+
+@dataclass
+class Batch:
+    """B sequences of H steps. obs values are (B, H+1, *shape); the rest are (B, H) unless stated."""
+
+    obs: dict[str, torch.Tensor]
+    action: torch.Tensor  # (B, H, A)
+    reward: torch.Tensor  # (B, H)
+    terminated: torch.Tensor  # (B, H) float, 1 where the step ended the episode for good
+    weight: torch.Tensor  # (B,) importance weights
+
+
+def surprise(expected: torch.Tensor, observed: torch.Tensor, reward_pred: torch.Tensor,
+             reward: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How wrong the model was about one step. (B, Z), (B, Z), (B,), (B,) -> parts, each (B,).
+
+    latent: squared error of the predicted next latent, relative to the observed latent's own size
+    (so it reads the same across latent sizes); reward: absolute reward error; total: their sum.
+    """
+    latent = (expected - observed).pow(2).sum(-1) / observed.pow(2).sum(-1).clamp_min(1e-8)
+    reward_err = (reward_pred - reward).abs()
+    return {"total": latent + reward_err, "latent": latent, "reward": reward_err}
+
+
+class Learner:
+    def __init__(self, model: WorldModel, cfg: LearnerConfig):
+        self.model = model
+        self.cfg = cfg
+        encoder = list(model.encoder.parameters())
+        enc_ids = {id(p) for p in encoder}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
+        policy_ids = {id(p) for p in model.policy_head.parameters()}
+        self.optim = torch.optim.Adam([
+            {"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
+            {"params": [p for p in rest if id(p) not in policy_ids], "lr": cfg.lr},
+        ])
+        self.pi_optim = torch.optim.Adam(model.policy_head.parameters(), lr=cfg.lr, eps=1e-5)
+        self.q_scale = 1.0  # running scale of Q, so the policy loss is scale-free across tasks
+        self.updates = 0
+        self.skipped = 0  # updates refused for a non-finite loss
+
+    def update(self, batch: Batch) -> dict[str, float | torch.Tensor]:
+        """One gradient step. Returns scalar metrics and 'priority', each sample's surprise (B,)."""
+        cfg, model = self.cfg, self.model
+        b, h = batch.action.shape[:2]
+        obs0 = {k: v[:, 0] for k, v in batch.obs.items()}
+        with torch.no_grad():
+            later = {k: v[:, 1:].reshape(b * h, *v.shape[2:]) for k, v in batch.obs.items()}
+            z_next = model.encode(later).reshape(b, h, -1)
+            pi_next = model.policy(z_next.reshape(b * h, -1))
+            q_next = model.q(z_next.reshape(b * h, -1), pi_next, target=True)
+            pick = torch.randperm(q_next.shape[0])[:2]
+            q_next = q_next[pick].min(0).values.reshape(b, h)
+            td_target = batch.reward + cfg.discount * (1 - batch.terminated) * q_next
+
+        z = model.encode(obs0)
+        zs = [z]
+        for t in range(h):
+            z = model.step(z, batch.action[:, t])
+            zs.append(z)
+        z_roll = torch.stack(zs[:-1], 1)  # (B, H, Z): the latents the actions were taken in
+        z_pred = torch.stack(zs[1:], 1)  # (B, H, Z): the predicted next latents
+        decay = cfg.rho ** torch.arange(h, dtype=torch.float32, device=z.device)  # (H,)
+
+        flat_z, flat_a = z_roll.reshape(b * h, -1), batch.action.reshape(b * h, -1)
+        reward_pred = model.reward(flat_z, flat_a).reshape(b, h)
+        q = model.q(flat_z, flat_a).reshape(-1, b, h)
+        consistency = ((z_pred - z_next).pow(2).mean(-1) * decay).mean(1)  # (B,)
+        reward_loss = ((reward_pred - batch.reward).pow(2) * decay).mean(1)
+        value_loss = ((q - td_target).pow(2).mean(0) * decay).mean(1)
+        per_sample = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
+        loss = (per_sample * batch.weight).mean() + model.cfg.moe.balance_coef * model.balance_loss()
+        recon = torch.zeros((), device=z.device)
+        if model.decoder is not None and "image" in obs0:
+            n = min(cfg.reconstruct_samples, b)
+            recon = F.mse_loss(model.decode(zs[0][:n]), obs0["image"][:n].float() / 255.0)
+            loss = loss + cfg.reconstruction_coef * recon
+
+        if not torch.isfinite(loss):
+            self.skipped += 1
+            self.optim.zero_grad(set_to_none=True)
+            return {"skipped": 1.0, "priority": torch.ones(b)}
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.optim.step()
+        pi_loss, entropy = self.update_policy(z_roll.detach().reshape(b * h, -1), decay.repeat(b))
+        model.update_target(cfg.tau)
+        self.updates += 1
+
+        with torch.no_grad():
+            first = surprise(z_pred[:, 0], z_next[:, 0], reward_pred[:, 0], batch.reward[:, 0])["total"]
+        return {
+            "loss": float(loss.detach()), "consistency_loss": float(consistency.detach().mean()),
+            "reward_loss": float(reward_loss.detach().mean()), "value_loss": float(value_loss.detach().mean()),
+            "reconstruction_loss": float(recon.detach()), "policy_loss": pi_loss, "policy_entropy": entropy,
+            "grad_norm": float(grad_norm), "skipped": 0.0, **model.router_stats(),
+            "priority": first.detach(),
+        }
+
+    def update_policy(self, z: torch.Tensor, decay: torch.Tensor) -> tuple[float, float]:
+        """Push the prior toward high-Q actions. z (N, Z) detached, decay (N,)."""
+        model = self.model
+        model.q_heads.requires_grad_(False)  # the policy moves toward high Q; Q itself stays put
+        action, entropy = model.policy_sample(z)
+        q = model.q(z, action).mean(0)
+        model.q_heads.requires_grad_(True)
+        with torch.no_grad():
+            self.q_scale += 0.01 * (float(q.abs().mean()) + 1e-2 - self.q_scale)
+        loss = -((q / self.q_scale + self.cfg.entropy_coef * entropy) * decay).mean()
+        if not torch.isfinite(loss):
+            self.skipped += 1
+            return float("nan"), float("nan")
+        self.pi_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.policy_head.parameters(), self.cfg.grad_clip)
+        self.pi_optim.step()
+        return float(loss.detach()), float(entropy.detach().mean())
