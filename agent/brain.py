@@ -86,8 +86,8 @@ class Brain:
 
     @torch.no_grad()
     def surprise(self, step: Step, z_next: torch.Tensor, reward: float) -> dict[str, float]:
-        parts = surprise(step.expected_latent[None], z_next[None],
-                         torch.tensor([step.expected_reward]), torch.tensor([reward]))
+        rewards = torch.tensor([step.expected_reward, reward], device=z_next.device)
+        parts = surprise(step.expected_latent[None], z_next[None], rewards[:1], rewards[1:])
         return {k: float(v[0]) for k, v in parts.items()}
 
     @torch.no_grad()

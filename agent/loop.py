@@ -105,7 +105,9 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     done = False
     while not done and counters.env_step < cfg.run.steps:
         captured = time.time_ns()
+        state = sim_state(env) if writer is not None else None  # the state o_t was seen in
         step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
+        applied = np.clip(step.action, env.action_space.low, env.action_space.high)  # what the body does with it
         next_obs, reward, terminated, truncated, info = env.step(step.action)
         done = terminated or truncated
         o_next = brain.prepare(next_obs)
@@ -128,10 +130,9 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
         if writer is not None:
             writer.write(StepRecord(
                 step=t, time_ns=captured, observation=obs, action_requested=step.action,
-                action_sent=step.action, action_applied=np.asarray(info.get("action_applied", step.action)),
-                reward=float(reward), terminated=bool(terminated), truncated=bool(truncated),
-                success=info.get("success"), surprise=s, plan=trace or None,
-                sim_state=info.get("sim_state")))
+                action_sent=step.action, action_applied=applied, reward=float(reward),
+                terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
+                surprise=s, plan=trace or None, sim_state=state))
         if keep_frames:
             real.append(o_next["image"])
             imagined.append(brain.imagine_frame(step.expected_latent))
@@ -167,6 +168,12 @@ def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int) -> Epi
     meta = {"run": run_dir.name, "seed": str(seed), "env": cfg.env.name, "episode": str(episode),
             "code_version": code_version()}
     return EpisodeWriter(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments)
+
+
+def sim_state(env) -> dict[str, np.ndarray] | None:
+    """The full simulator state, where the body is a simulation that exposes it (for exact replay)."""
+    get_state = getattr(env.unwrapped, "get_state", None)
+    return get_state() if callable(get_state) else None
 
 
 def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:

@@ -6,7 +6,8 @@ surprise and of the value ensemble's disagreement, and compares each new step to
   a calm, well-known state scales it down (to think_min);
 - a step far more surprising than usual (replan_surprise) drops the warm-started plan: the future it
   was built for did not happen;
-- when both are low (fast_surprise, fast_uncertainty), the policy prior acts alone, with no search.
+- when both are low (fast_surprise, fast_uncertainty), the policy prior's mean action is taken
+  alone, with no search and no exploration noise.
 The wall-clock deadline always holds: the search returns its best plan when it runs out.
 """
 
@@ -55,7 +56,9 @@ class Deliberation:
 
         cfg = self.cfg
         if cfg.fast_path and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
-            action = model.policy(z0[None], deterministic=not explore)[0]
+            # System 1's own best guess: its sampled actions are for exploring, and exploring is
+            # what a calm, confident step does not need (noise there knocks a held pose off target).
+            action = model.policy(z0[None], deterministic=True)[0]
             self.mppi.reset()  # the search's plan no longer follows what was done
             z1 = model.step(z0[None], action[None])[0]
             r0 = float(model.reward(z0[None], action[None])[0])

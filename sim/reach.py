@@ -13,7 +13,10 @@ Observation (a Dict):
     audio   (800,) float32    16 kHz contact sounds of the last 0.05 s control period
 Action: (2,) torques in [-1, 1] for shoulder and elbow.
 Reward: 1 while the fingertip is within `SUCCESS_RADIUS` of the pad centre, then falling smoothly
-with distance: 1 - tanh((d - SUCCESS_RADIUS) / REWARD_SCALE); `info["success"]` = d < SUCCESS_RADIUS.
+with the distance e = d - SUCCESS_RADIUS beyond the pad's edge, at two scales:
+1 - 0.5 tanh(e / REWARD_SCALE) - 0.5 tanh(e / REWARD_SCALE_NEAR). The wide term pulls from anywhere
+in the workspace; the near term makes the last centimetres worth learning precisely (half the reward
+is lost 3 cm from the pad). `info["success"]` = d < SUCCESS_RADIUS.
 Episodes last `episode_length` steps and end truncated, never terminated.
 """
 
@@ -37,7 +40,8 @@ DEFAULT_EPISODE_LENGTH = 50  # agent steps, 2.5 s of simulated time
 TARGET_RADII = (0.06, 0.22)  # m, the annulus the pad is drawn from (the arm reaches 0 .. 0.24)
 MIN_START_DISTANCE = 0.05  # m, a pad is redrawn if the arm would start (nearly) on it
 SUCCESS_RADIUS = 0.025  # m, the pad radius: success means the fingertip is over the pad
-REWARD_SCALE = 0.15  # m, the distance over which the reward falls from 1 to ~0.24
+REWARD_SCALE = 0.15  # m, the wide term's distance scale: it still pulls from across the workspace
+REWARD_SCALE_NEAR = 0.03  # m, the near term's: it separates "on the pad" from "close to it"
 MAX_JOINT_SPEED = 50.0  # rad/s, bound of the velocity observation (top speed is ~12 rad/s)
 WORKSPACE = 0.25  # m, bound of the xy observations (the arm's reach is 0.24)
 RENDER_SIZE = 256  # side of the frame `render()` returns for people
@@ -50,8 +54,9 @@ AUDIO_IMPACT_THRESHOLD = 0.1  # N per physics step: a stylus bouncing on the rim
 
 
 def reach_reward(distance: float) -> float:
-    """Dense reward in [0, 1]: 1 over the pad, then 1 - tanh of the distance beyond its edge."""
-    return float(1.0 - np.tanh(max(distance - SUCCESS_RADIUS, 0.0) / REWARD_SCALE))
+    """Dense reward in [0, 1]: 1 over the pad, then falling with the distance beyond its edge."""
+    beyond = max(distance - SUCCESS_RADIUS, 0.0)
+    return float(1.0 - 0.5 * np.tanh(beyond / REWARD_SCALE) - 0.5 * np.tanh(beyond / REWARD_SCALE_NEAR))
 
 
 def sample_target(rng: np.random.Generator) -> np.ndarray:

@@ -39,6 +39,8 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     assert ep.complete and len(ep.steps) == 20
     assert ep.steps[5].observation["image"].shape == (64, 64, 3)
     assert ep.steps[5].plan is not None and ep.steps[5].surprise is not None
+    assert ep.steps[5].sim_state["qpos"].shape == (3,)  # the MuJoCo state, for exact replay
+    assert ep.steps[5].action_applied.shape == (2,)
     assert "model.xml" in ep.attachments and "config.yaml" in ep.attachments
     video = iio.imread(run_dir / "last_episode.mp4")
     assert video.shape[0] == 21  # the first frame and one per step

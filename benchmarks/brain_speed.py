@@ -1,0 +1,80 @@
+"""What one decision and one learner step of the default agent cost, on every device this machine
+has, side by side in one run. No simulator is needed: observations are random, shaped like the
+reach task's (64x64x3 image, 8 proprio, 800 audio samples, 2 actions).
+
+    python benchmarks/brain_speed.py                      # the default config
+    python benchmarks/brain_speed.py planner.samples=512  # any override
+
+Prints, per device: ms per plan (MPPI at the configured search size), ms per learner update, and
+the env steps per second of the whole brain at one plan and one update per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agent.brain import Brain
+from agent.cli import DEFAULT_CONFIG
+from agent.config import load_config
+
+SPEC = {"image": ((64, 64, 3), "uint8"), "proprio": ((8,), "float32"), "audio": ((800,), "float32")}
+
+
+def synthetic_brain(overrides: list[str], device: str, steps: int = 2000) -> Brain:
+    cfg = load_config(DEFAULT_CONFIG, [*overrides, f"run.device={device}"])
+    brain = Brain(cfg, SPEC, action_dim=2)
+    rng = np.random.default_rng(0)
+    for t in range(steps):
+        obs = {"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+               "proprio": rng.normal(size=8).astype(np.float32),
+               "audio": (0.1 * rng.normal(size=800)).astype(np.float32)}
+        last = t % 50 == 49
+        brain.memory.add(obs, None if last else rng.uniform(-1, 1, 2).astype(np.float32), float(rng.random()))
+    brain.fit_input_statistics()
+    return brain
+
+
+def timed(fn, repeats: int) -> float:
+    """Median milliseconds of `fn` over `repeats` calls, after two warm-up calls."""
+    fn(), fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        samples.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        brain = synthetic_brain(args.overrides, device)
+        z = brain.encode({k: brain.memory.obs[k][0] for k in SPEC})
+        brain.deliberation.cfg.fast_path = False  # time the search itself
+        brain.deliberation.cfg.deadline_s = 1e9
+        plan_ms = timed(lambda: brain.act(z, explore=True), args.repeats)
+        update_ms = timed(lambda: brain.learn(1), args.repeats)
+        rows.append((device, plan_ms, update_ms, 1e3 / (plan_ms + update_ms)))
+        name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+        print(f"{device} ({name}): plan {plan_ms:.1f} ms, update {update_ms:.1f} ms, "
+              f"{1e3 / (plan_ms + update_ms):.1f} brain steps/s")
+    print("\n| device | plan ms | update ms | brain steps/s | vs cpu |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for device, plan_ms, update_ms, rate in rows:
+        print(f"| {device} | {plan_ms:.1f} | {update_ms:.1f} | {rate:.1f} | {rate / rows[0][3]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
