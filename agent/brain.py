@@ -46,11 +46,12 @@ class Brain:
         self.action_dim = action_dim
         self.model = WorldModel({k: s for k, (s, _) in spec.items()}, action_dim, cfg.worldmodel).to(self.device)
         self.learner = Learner(self.model, cfg.learner)
-        gen = torch.Generator(self.device).manual_seed(cfg.run.seed)
-        self.deliberation = Deliberation(cfg.deliberation, MPPI(cfg.planner, action_dim, gen))
+        self.plan_rng = torch.Generator(self.device).manual_seed(cfg.run.seed)
+        self.deliberation = Deliberation(cfg.deliberation, MPPI(cfg.planner, action_dim, self.plan_rng))
         self.memory = Memory(cfg.memory, spec, action_dim, cfg.learner.horizon, cfg.run.seed)
         self.rng = np.random.default_rng(cfg.run.seed)
         self.update_credit = 0.0
+        self.inputs_fitted = False  # the input normalization is fitted on the first data learned from
 
     # -- observe / act ---------------------------------------------------------------------------
     def prepare(self, obs: dict) -> dict[str, np.ndarray]:
@@ -109,15 +110,19 @@ class Brain:
         return n
 
     def fit_input_statistics(self) -> None:
-        """Fit the model's input normalization on everything in memory (once, after the seed phase)."""
+        """Fit the model's input normalization on everything in memory."""
         n = len(self.memory)
         self.model.fit_input_statistics({k: torch.as_tensor(v[:n], device=self.device)
                                          for k, v in self.memory.obs.items() if k == "proprio"})
+        self.inputs_fitted = True
 
     def learn(self, n: int) -> list[dict[str, float]]:
-        """n learner steps on prioritized batches; returns each step's scalar metrics."""
-        if not self.memory.ready:
+        """n learner steps on prioritized batches; returns each step's scalar metrics.
+        The first call fits the input normalization on the memory (which then holds >= 2 steps)."""
+        if not self.memory.n_sequences:
             return []
+        if not self.inputs_fitted:
+            self.fit_input_statistics()
         results = []
         for _ in range(n):
             arrays, starts = self.memory.sample(self.cfg.learner.batch_size)
@@ -145,12 +150,15 @@ class Brain:
         arrays, counters = self.memory.state()
         tensors.update({f"memory.{k}": v for k, v in arrays.items()})
         tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.plan"] = self.plan_rng.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta.update(
             memory=counters, memory_rng=self.memory.rng.bit_generator.state, rng=self.rng.bit_generator.state,
             learner={"updates": self.learner.updates, "skipped": self.learner.skipped, "q_scale": self.learner.q_scale},
             deliberation={"surprise_mean": self.deliberation.surprise_mean,
                           "uncertainty_mean": self.deliberation.uncertainty_mean},
-            update_credit=self.update_credit,
+            update_credit=self.update_credit, inputs_fitted=self.inputs_fitted,
         )
         return tensors, meta
 
@@ -164,9 +172,13 @@ class Brain:
         self.memory.rng.bit_generator.state = meta["memory_rng"]
         self.rng.bit_generator.state = meta["rng"]
         torch.set_rng_state(tensors["rng.torch"])
+        self.plan_rng.set_state(tensors["rng.plan"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.learner.updates = meta["learner"]["updates"]
         self.learner.skipped = meta["learner"]["skipped"]
         self.learner.q_scale = meta["learner"]["q_scale"]
         self.deliberation.surprise_mean = meta["deliberation"]["surprise_mean"]
         self.deliberation.uncertainty_mean = meta["deliberation"]["uncertainty_mean"]
         self.update_credit = meta["update_credit"]
+        self.inputs_fitted = meta["inputs_fitted"]

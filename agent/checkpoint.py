@@ -29,6 +29,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from agent.plain_json import json_default
+
 META_KEY = "omniloop"
 CRC_KEY = "omniloop.crc32"
 # Per-parameter state tensors that must have their parameter's shape; checked on restore because
@@ -56,7 +58,7 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor | np.nd
     path = Path(path)
     prepared = _prepare_tensors(tensors, path)
     try:
-        meta_json = json.dumps(meta, default=_json_default)
+        meta_json = json.dumps(meta, default=json_default)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{path}: checkpoint meta is not JSON-serialisable: {exc}") from None
     header = {
@@ -147,15 +149,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _json_default(value: object) -> object:
-    """numpy scalars and arrays in meta (RNG states, counters) become plain JSON."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 # ---------------------------------------------------------------------------------------------- optimizers

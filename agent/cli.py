@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError, load_config, validate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -36,23 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sim_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    overrides = list(args.overrides)
-    for option, key in (("env", "env.name"), ("steps", "run.steps"), ("seed", "run.seed"),
-                        ("device", "run.device"), ("out", "run.out")):
-        value = getattr(args, option)
-        if value is not None:
-            overrides.append(f"{key}={value}")
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run folder")
-        cfg = load_config(args.config or saved, overrides)
-        return cfg, args.resume
-    path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = load_config(path, overrides)
-    run_dir = Path(cfg.run.out) if cfg.run.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    cfg.run.out = str(run_dir)
-    return cfg, run_dir
+        cfg = load_config(args.config or saved, args.overrides)
+    else:
+        path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+        cfg = load_config(path, args.overrides)
+    # the named options win over the file and the overrides; they are typed already, so set them as they are
+    for option, section, name in (("env", cfg.env, "name"), ("steps", cfg.run, "steps"), ("seed", cfg.run, "seed"),
+                                  ("device", cfg.run, "device"), ("out", cfg.run, "out")):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(section, name, str(value) if option == "out" else value)
+    if args.resume is not None:
+        cfg.run.out = str(args.resume)
+    elif not cfg.run.out:
+        cfg.run.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    validate(cfg)
+    return cfg, Path(cfg.run.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"omniloop sim: error: --resume {run_dir}: no checkpoint.safetensors there", file=sys.stderr)
             return 2
         print(f"run folder: {run_dir}")
-        rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress)
+        try:
+            rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress)
+        except (ConfigError, FileExistsError) as exc:
+            print(f"omniloop sim: error: {exc}", file=sys.stderr)
+            return 2
         if rows:
             tail = rows[-10:]
             ret = sum(r["return"] for r in tail) / len(tail)
-            ok = sum(r.get("success", 0.0) for r in tail) / len(tail)
+            ok = [r["success"] for r in tail if "success" in r]
+            success = f", success {sum(ok) / len(ok):.0%}" if ok else ""
             print(f"done: {rows[-1]['env_step']} env steps; last {len(tail)} episodes: "
-                  f"return {ret:.2f}, success {ok:.0%}. Results in {run_dir}")
+                  f"return {ret:.2f}{success}. Results in {run_dir}")
         return 0
     return 2
 

@@ -70,7 +70,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
-    return from_dict(Config, data)
+    cfg = from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Refuse values that have the right type but cannot work, naming the field."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    run, wm, moe = cfg.run, cfg.worldmodel, cfg.worldmodel.moe
+    need(run.device in ("cpu", "cuda") or run.device.startswith("cuda:"),
+         f"run.device must be cpu, cuda or cuda:N, got {run.device!r}")
+    need(run.steps >= 1, f"run.steps must be at least 1, got {run.steps}")
+    need(run.seed_steps >= 0, f"run.seed_steps must be >= 0, got {run.seed_steps}")
+    need(run.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1 episode, got {run.checkpoint_every}")
+    name = cfg.env.name
+    need(name in ("reach", "omniloop/Reach-v0") or name.startswith(("gym:", "dmc:")),
+         f"env.name {name!r} is none of: reach, gym:ID, dmc:DOMAIN-TASK")
+    grid_factor = cfg.env.image_size // wm.image_grid
+    need(cfg.env.image_size % wm.image_grid == 0 and grid_factor >= 4 and grid_factor & (grid_factor - 1) == 0,
+         f"env.image_size {cfg.env.image_size} must be worldmodel.image_grid ({wm.image_grid}) times a power of two >= 4")
+    need(wm.latent_dim % wm.simnorm_dim == 0,
+         f"worldmodel.latent_dim {wm.latent_dim} must be a multiple of worldmodel.simnorm_dim {wm.simnorm_dim}")
+    need(wm.d_model % wm.n_heads == 0, f"worldmodel.d_model {wm.d_model} must be a multiple of worldmodel.n_heads {wm.n_heads}")
+    need(1 <= moe.top_k <= moe.num_experts,
+         f"worldmodel.moe.top_k must be in [1, worldmodel.moe.num_experts={moe.num_experts}], got {moe.top_k}")
+    need(cfg.learner.batch_size >= 1 and cfg.learner.horizon >= 1, "learner.batch_size and learner.horizon must be >= 1")
+    need(cfg.learner.updates_per_step >= 0, f"learner.updates_per_step must be >= 0, got {cfg.learner.updates_per_step}")
+    need(cfg.planner.horizon >= 1 and cfg.planner.iterations >= 1, "planner.horizon and planner.iterations must be >= 1")
+    need(1 <= cfg.planner.elites <= cfg.planner.samples,
+         f"planner.elites must be in [1, planner.samples={cfg.planner.samples}], got {cfg.planner.elites}")
+    need(0.0 <= cfg.planner.policy_fraction < 1.0,
+         f"planner.policy_fraction must be in [0, 1), got {cfg.planner.policy_fraction}")
+    need(cfg.memory.capacity > cfg.learner.horizon,
+         f"memory.capacity must exceed learner.horizon ({cfg.learner.horizon}), got {cfg.memory.capacity}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -45,6 +45,8 @@ from mcap.records import Attachment, Channel, DataEnd, Footer, Message, Metadata
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, IndexType, Writer
 
+from agent.plain_json import json_default
+
 FORMAT = "omniloop.episode/1"  # the MCAP header's `library` field
 METADATA_NAME = "omniloop.episode"
 REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")
@@ -383,18 +385,9 @@ def _vector(values: np.ndarray | str, where: str) -> list[float]:
     return array.astype(np.float32).tolist()
 
 
-def _json_default(value: object) -> object:
-    """Lets plan traces hold numpy scalars and arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
 def _to_json(payload: dict[str, Any], path: Path, step: int, topic: str) -> bytes:
     try:
-        return json.dumps(payload, allow_nan=False, separators=(",", ":"), default=_json_default).encode()
+        return json.dumps(payload, allow_nan=False, separators=(",", ":"), default=json_default).encode()
     except ValueError:
         raise ValueError(f"{path}: step {step}: {topic} holds NaN or infinity, which JSON cannot carry") from None
     except TypeError as exc:

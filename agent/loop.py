@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 import sim
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
-from agent.config import Config, save_config
+from agent.config import Config, ConfigError, save_config
 from agent.episodes import EpisodeWriter, StepRecord
 from agent.metrics import MetricsLog
 from agent.plots import plot_learning_curve
@@ -45,6 +46,7 @@ class EpisodeResult:
     imagined: list[np.ndarray]  # what the model pictured for each frame
 
 
+@functools.cache
 def code_version() -> str:
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
@@ -59,15 +61,21 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
+    if not resume and (run_dir / "metrics.csv").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume, or choose another --out")
+    try:  # the body first: a task that cannot be built leaves no run folder behind
+        env = sim.make(cfg.env, seed=cfg.run.seed)
+    except ValueError as exc:
+        raise ConfigError(f"env.name: {exc}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    env = sim.make(cfg.env, seed=cfg.run.seed)
     brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
     counters = Counters()
     if resume:
         tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
         brain.load_state(tensors, meta)
         counters.env_step, counters.episode = meta["env_step"], meta["episode"]
+        counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
     metrics = MetricsLog(run_dir / "metrics.csv")
     rows: list[dict] = []
     last: EpisodeResult | None = None
@@ -94,68 +102,69 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     brain.deliberation.new_episode()
     o = brain.prepare(obs)
     z = brain.encode(o)
-    writer = open_writer(env, cfg, run_dir, counters.episode, seed) if cfg.run.record_episodes else None
     keep_frames = cfg.run.video and "image" in o
-    real, imagined = [], []
-    if keep_frames:
-        real.append(o["image"])
-        imagined.append(brain.imagine_frame(z))
+    real = [o["image"]] if keep_frames else []
+    imagined = [brain.imagine_frame(z)] if keep_frames else []
     averages = Averages()
-    ret, success, t, start = 0.0, False, 0, time.perf_counter()
-    done = False
-    while not done and counters.env_step < cfg.run.steps:
-        captured = time.time_ns()
-        state = sim_state(env) if writer is not None else None  # the state o_t was seen in
-        step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
-        applied = np.clip(step.action, env.action_space.low, env.action_space.high)  # what the body does with it
-        next_obs, reward, terminated, truncated, info = env.step(step.action)
-        done = terminated or truncated
-        o_next = brain.prepare(next_obs)
-        z_next = brain.encode(o_next)
-        s = brain.surprise(step, z_next, float(reward))
-        brain.memory.add(o, step.action, float(reward), terminated, s["total"])
-        replanned = brain.deliberation.observe(s["total"])
-
-        if counters.env_step == cfg.run.seed_steps:  # the seed data is in: fit to it, then catch up at once
-            brain.fit_input_statistics()
-            learned = brain.learn(cfg.run.warmup_updates)
-        elif counters.env_step > cfg.run.seed_steps:
-            learned = brain.learn(brain.updates_due(brain.deliberation.relative_surprise))
-        else:
+    ret, success, t, start, done = 0.0, None, 0, time.perf_counter(), False
+    writer = open_writer(env, cfg, run_dir, counters.episode, seed) if cfg.run.record_episodes else None
+    try:
+        while not done and counters.env_step < cfg.run.steps:
+            # observe -> plan
+            captured = time.time_ns()
+            state = sim_state(env) if writer is not None else None  # the state o_t was seen in
+            step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
+            # act
+            applied = np.clip(step.action, env.action_space.low, env.action_space.high)  # what the body does with it
+            next_obs, reward, terminated, truncated, info = env.step(step.action)
+            done = terminated or truncated
+            # update: surprise -> priority, replanning, thinking budget, learner steps
+            o_next = brain.prepare(next_obs)
+            z_next = brain.encode(o_next)
+            s = brain.surprise(step, z_next, float(reward))
+            brain.memory.add(o, step.action, float(reward), terminated, s["total"])
+            replanned = brain.deliberation.observe(s["total"])
             learned = []
-        if learned:
-            z_next = brain.encode(o_next)  # the encoder moved: plan next from the fresh latent
+            if counters.env_step >= cfg.run.seed_steps:
+                # the first learner call catches up on the seed data at once; later ones follow surprise
+                due = brain.updates_due(brain.deliberation.relative_surprise)
+                learned = brain.learn(cfg.run.warmup_updates if brain.learner.updates == 0 else due)
+            if learned:
+                z_next = brain.encode(o_next)  # the encoder moved: plan next from the fresh latent
 
-        trace = step.trace.scalars() if step.trace else {}
+            # record
+            trace = step.trace.scalars() if step.trace else {}
+            if writer is not None:
+                writer.write(StepRecord(
+                    step=t, time_ns=captured, observation=obs, action_requested=step.action,
+                    action_sent=step.action, action_applied=applied, reward=float(reward),
+                    terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
+                    surprise=s, plan=trace or None, sim_state=state))
+            if keep_frames:
+                real.append(o_next["image"])
+                imagined.append(brain.imagine_frame(step.expected_latent))
+            averages.add({"surprise": s["total"], "surprise_latent": s["latent"], "surprise_reward": s["reward"],
+                          "replanned": float(replanned), **{f"plan_{k}": float(v) for k, v in trace.items()}})
+            for m in learned:
+                averages.add(m, prefix="train_")
+            ret += float(reward)
+            success = info.get("success", success)
+            counters.env_step += 1
+            t += 1
+            progress.step(counters.env_step, s["total"], trace.get("think_ms"))
+            obs, o, z = next_obs, o_next, z_next
+    finally:
         if writer is not None:
-            writer.write(StepRecord(
-                step=t, time_ns=captured, observation=obs, action_requested=step.action,
-                action_sent=step.action, action_applied=applied, reward=float(reward),
-                terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
-                surprise=s, plan=trace or None, sim_state=state))
-        if keep_frames:
-            real.append(o_next["image"])
-            imagined.append(brain.imagine_frame(step.expected_latent))
-        averages.add({"surprise": s["total"], "surprise_latent": s["latent"], "surprise_reward": s["reward"],
-                            "replanned": float(replanned), **{f"plan_{k}": float(v) for k, v in trace.items()}})
-        for m in learned:
-            averages.add(m, prefix="train_")
-        ret += float(reward)
-        success = bool(info.get("success", False))
-        counters.env_step += 1
-        t += 1
-        progress.step(counters.env_step, s["total"], trace.get("think_ms"))
-        obs, o, z = next_obs, o_next, z_next
+            writer.close()
 
     brain.memory.add(o)  # the episode's last observation closes its sequences (also when the run ends mid-way)
-    if writer is not None:
-        writer.close()
     counters.episode += 1
     elapsed = time.perf_counter() - start
-    row = {"env_step": counters.env_step, "episode": counters.episode, "return": ret,
-           "success": float(success), "length": t, "steps_per_s": t / max(elapsed, 1e-9),
-           "wall_s": time.time() - counters.started, "updates": brain.learner.updates,
-           "skipped_updates": brain.learner.skipped}
+    row = {"env_step": counters.env_step, "episode": counters.episode, "return": ret, "length": t,
+           "steps_per_s": t / max(elapsed, 1e-9), "wall_s": time.time() - counters.started,
+           "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped}
+    if success is not None:  # only tasks that report success get the column
+        row["success"] = float(success)
     row.update(averages.means())
     return EpisodeResult(row, real, imagined)
 
@@ -178,7 +187,7 @@ def sim_state(env) -> dict[str, np.ndarray] | None:
 
 def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:
     tensors, meta = brain.state()
-    meta.update(env_step=counters.env_step, episode=counters.episode)
+    meta.update(env_step=counters.env_step, episode=counters.episode, wall_s=time.time() - counters.started)
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
     if (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")

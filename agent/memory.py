@@ -47,7 +47,7 @@ class Memory:
         return self.size
 
     @property
-    def ready(self) -> int:
+    def n_sequences(self) -> int:
         """How many sequences can be sampled."""
         return int(np.count_nonzero(self.priority))
 
@@ -89,7 +89,7 @@ class Memory:
         p /= total
         starts = self.rng.choice(len(p), size=batch_size, p=p)
         idx = (starts[:, None] + np.arange(self.horizon + 1)) % self.cfg.capacity  # (B, H+1)
-        weight = (self.ready * p[starts]) ** -self.cfg.beta
+        weight = (self.n_sequences * p[starts]) ** -self.cfg.beta
         batch = {
             "obs": {k: buf[idx] for k, buf in self.obs.items()},
             "action": self.action[idx[:, :-1]],

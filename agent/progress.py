@@ -37,7 +37,7 @@ class Progress:
 
     def episode_done(self, row: dict) -> None:
         self.last_return = float(row["return"])
-        self.last_success = float(row["success"]) if "success" in row else None
+        self.last_success = row.get("success")
 
     def status(self) -> str:
         ret = "-" if self.last_return is None else f"{self.last_return:7.2f}"

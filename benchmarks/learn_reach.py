@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stages", default="5000,10000,20000", help="env steps at which to evaluate, comma-separated")
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/bench_learn_reach"))
+    p.add_argument("--out", type=Path, default=Path("runs") / time.strftime("bench_learn_reach-%Y%m%d-%H%M%S"))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return p.parse_args()

@@ -58,7 +58,7 @@ class Deliberation:
         if cfg.fast_path and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
             # System 1's own best guess: its sampled actions are for exploring, and exploring is
             # what a calm, confident step does not need (noise there knocks a held pose off target).
-            action = model.policy(z0[None], deterministic=True)[0]
+            action = prior[0]
             self.mppi.reset()  # the search's plan no longer follows what was done
             z1 = model.step(z0[None], action[None])[0]
             r0 = float(model.reward(z0[None], action[None])[0])

@@ -100,6 +100,8 @@ def control_period(env: gymnasium.Env) -> float:
     period = getattr(base, "control_period", None)
     if period is None:
         period = getattr(base, "dt", None)  # Gymnasium's MuJoCo and classic-control envs
+    if period is None and base.metadata.get("render_fps"):
+        period = 1.0 / base.metadata["render_fps"]  # the rate the env itself would be shown at
     if period is None:
-        raise ValueError(f"cannot tell the control period of {base}: it has neither control_period nor dt")
+        raise ValueError(f"cannot tell the control period of {base}: it has no control_period, dt or render_fps")
     return float(period)

@@ -58,3 +58,26 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     assert main(["sim", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("override, field", [
+    ("worldmodel.moe.top_k=5", "worldmodel.moe.top_k"),
+    ("planner.elites=999", "planner.elites"),
+    ("worldmodel.latent_dim=100", "worldmodel.latent_dim"),
+    ("run.checkpoint_every=0", "run.checkpoint_every"),
+    ("run.device=gpu", "run.device"),
+    ("env.name=mujoco:ant", "env.name"),
+    ("env.image_size=48", "env.image_size"),
+])
+def test_values_that_cannot_work_are_refused_by_name(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_named_options_are_taken_as_typed_values(tmp_path):
+    from agent.cli import build_parser, sim_config
+
+    args = build_parser().parse_args(["sim", "--out", str(tmp_path / "2024"), "--steps", "7", "planner.horizon=4"])
+    cfg, run_dir = sim_config(args)
+    assert run_dir == tmp_path / "2024" and cfg.run.out == str(tmp_path / "2024")  # a numeric name stays a path
+    assert cfg.run.steps == 7 and cfg.planner.horizon == 4

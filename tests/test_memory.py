@@ -19,7 +19,7 @@ def fill(memory, episodes, length, surprise=lambda e, t: 1.0):
 def test_sequences_never_cross_an_episode_boundary():
     m = Memory(MemoryConfig(capacity=1000), SPEC, 1, horizon=3, seed=0)
     fill(m, episodes=5, length=6)
-    assert m.ready == 5 * (6 - 3 + 1)
+    assert m.n_sequences == 5 * (6 - 3 + 1)
     batch, starts = m.sample(256)
     obs = batch["obs"]["proprio"]  # (B, H+1, 2)
     assert obs.shape == (256, 4, 2)
@@ -55,7 +55,7 @@ def test_state_round_trip():
     arrays, counters = m.state()
     n = Memory(MemoryConfig(capacity=64), SPEC, 1, horizon=2, seed=0)
     n.load_state(arrays, counters)
-    assert n.ready == m.ready and n.ptr == m.ptr and n.episodes == m.episodes
+    assert n.n_sequences == m.n_sequences and n.ptr == m.ptr and n.episodes == m.episodes
     assert np.array_equal(n.priority, m.priority)
 
 

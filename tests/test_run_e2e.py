@@ -47,12 +47,40 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     assert video.shape[2] > 2 * video.shape[1] * 0.9  # two panels side by side
     _, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     assert meta["env_step"] == 60 and meta["episode"] == 3
+    assert meta["memory"]["size"] == 63  # 60 steps and each episode's last observation
+    updates_before = meta["learner"]["updates"]
+
+    # a fresh run into the same folder is refused: it would mix two runs
+    assert main(["sim", "--steps", "80", "--out", str(run_dir), "--no-progress", *SMALL]) == 2
 
     # --resume continues where the run stopped, with the saved config
     assert main(["sim", "--resume", str(run_dir), "--steps", "100", "--no-progress"]) == 0
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["env_step"] for r in rows] == [20, 40, 60, 80, 100]
-    assert rows[-1]["updates"] > rows[2]["updates"]  # the learner kept its count
+    assert rows[-1]["wall_s"] > rows[2]["wall_s"]
     assert len(list((run_dir / "episodes").glob("*.mcap"))) == 5
     _, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     assert meta["env_step"] == 100 and meta["episode"] == 5
+    assert meta["memory"]["size"] == 105  # the memory came back and grew: it was not started anew
+    assert meta["learner"]["updates"] >= updates_before + 40  # one update per step, counted on from before
+
+
+def test_state_only_task_that_terminates_runs_end_to_end(tmp_path):
+    """gym:InvertedPendulum-v5 from state: no image (no decoder, no video), no success, early termination."""
+    run_dir = tmp_path / "pendulum"
+    args = ["sim", "--env", "gym:InvertedPendulum-v5", "--steps", "60", "--out", str(run_dir), "--no-progress",
+            "env.pixels=false", *SMALL]
+    assert main(args) == 0
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert rows[-1]["env_step"] == 60 and len(rows) > 3  # a random pendulum falls within a few steps
+    assert all("success" not in r for r in rows)
+    assert (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "learning_curve.png").is_file()
+    assert not (run_dir / "last_episode.mp4").exists()
+    ep = read_episode(sorted((run_dir / "episodes").glob("*.mcap"))[0])
+    assert ep.steps[-1].terminated and "image" not in ep.steps[0].observation
+
+
+def test_an_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["sim", "--env", "gym:NoSuchEnv-v0", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "NoSuchEnv" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -55,9 +55,10 @@ class Learner:
         enc_ids = {id(p) for p in encoder}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
         policy_ids = {id(p) for p in model.policy_head.parameters()}
+        self.world_params = encoder + [p for p in rest if id(p) not in policy_ids]
         self.optim = torch.optim.Adam([
             {"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
-            {"params": [p for p in rest if id(p) not in policy_ids], "lr": cfg.lr},
+            {"params": self.world_params[len(encoder):], "lr": cfg.lr},
         ])
         self.pi_optim = torch.optim.Adam(model.policy_head.parameters(), lr=cfg.lr, eps=1e-5)
         self.q_scale = 1.0  # running scale of Q, so the policy loss is scale-free across tasks
@@ -69,6 +70,7 @@ class Learner:
         cfg, model = self.cfg, self.model
         b, h = batch.action.shape[:2]
         obs0 = {k: v[:, 0] for k, v in batch.obs.items()}
+        model.reset_router_stats()
         with torch.no_grad():
             later = {k: v[:, 1:].reshape(b * h, *v.shape[2:]) for k, v in batch.obs.items()}
             z_next = model.encode(later).reshape(b, h, -1)
@@ -107,7 +109,7 @@ class Learner:
             return {"skipped": 1.0, "priority": torch.ones(b)}
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.world_params, cfg.grad_clip)
         self.optim.step()
         pi_loss, entropy = self.update_policy(z_roll.detach().reshape(b * h, -1), decay.repeat(b))
         model.update_target(cfg.tau)
@@ -140,4 +142,5 @@ class Learner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.policy_head.parameters(), self.cfg.grad_clip)
         self.pi_optim.step()
+        self.pi_optim.zero_grad(set_to_none=True)  # so no stale gradient rides into the next update
         return float(loss.detach()), float(entropy.detach().mean())

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.config import WorldModelConfig
-from worldmodel.moe import balance_loss, make_ffn, router_summary
+from worldmodel.moe import balance_loss, make_ffn, reset_router_stats, router_summary
 from worldmodel.tokenizers import AudioTokenizer, ImageTokenizer, TextTokenizer, VectorTokenizer
 
 ObsSpec = Mapping[str, tuple[int, ...]]  # observation key -> shape of one observation
@@ -275,7 +275,11 @@ class WorldModel(nn.Module):
             self.encoder.tokenizers["proprio"].fit(obs["proprio"])
 
     def balance_loss(self) -> torch.Tensor:
+        """The MoE load-balancing loss of every routing call since `reset_router_stats`."""
         return balance_loss(self)
+
+    def reset_router_stats(self) -> None:
+        reset_router_stats(self)
 
     def router_stats(self) -> dict[str, float]:
         """Expert load balance, router entropy and dropped tokens of the last forward pass."""

@@ -28,7 +28,7 @@ from worldmodel.config import MoEConfig
 class RouterStats:
     """What the last forward pass of one MoE layer did, for logging."""
 
-    load: torch.Tensor  # (E,) share of routed slots that each expert received; sums to 1
+    load: torch.Tensor  # (E,) share of routed slots sent to each expert (before any capacity drop); sums to 1
     entropy: float  # mean entropy of the router's distribution over experts, in nats
     dropped: float  # share of routed slots dropped by the capacity limit
     balance_loss: torch.Tensor  # scalar, differentiable
@@ -49,7 +49,8 @@ class MoE(nn.Module):
         for w in (self.w1, self.w2):
             nn.init.normal_(w, std=1.0 / math.sqrt(w.shape[1]))
         nn.init.normal_(self.router.weight, std=0.02)
-        self.stats: RouterStats | None = None
+        self.stats: RouterStats | None = None  # of the last forward pass with gradients
+        self.balance_terms: list[torch.Tensor] = []  # one per such pass since `reset_router_stats`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., d) -> (..., d)."""
@@ -87,6 +88,7 @@ class MoE(nn.Module):
             balance = e * (load * probs.mean(0)).sum()
             entropy = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
             self.stats = RouterStats(load, float(entropy.detach()), dropped / max(1, n * k), balance)
+            self.balance_terms.append(balance)  # the dynamics call a layer once per rollout step
         return out.reshape(shape)
 
 
@@ -98,7 +100,6 @@ class DenseFFN(nn.Module):
         hidden = cfg.expert_hidden * cfg.top_k
         self.fc1 = nn.Linear(d, hidden)
         self.fc2 = nn.Linear(hidden, d)
-        self.stats: RouterStats | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -108,9 +109,16 @@ def make_ffn(d: int, cfg: MoEConfig) -> nn.Module:
     return DenseFFN(d, cfg) if cfg.dense else MoE(d, cfg)
 
 
+def reset_router_stats(module: nn.Module) -> None:
+    """Forget the balance terms collected so far (call before each training step)."""
+    for m in module.modules():
+        if isinstance(m, MoE):
+            m.balance_terms.clear()
+
+
 def balance_loss(module: nn.Module) -> torch.Tensor:
-    """Sum of the balance losses of every MoE layer in `module` from its last forward pass."""
-    losses = [m.stats.balance_loss for m in module.modules() if isinstance(m, MoE) and m.stats is not None]
+    """Mean balance loss per call, summed over the MoE layers of `module`, since the last reset."""
+    losses = [torch.stack(m.balance_terms).mean() for m in module.modules() if isinstance(m, MoE) and m.balance_terms]
     return torch.stack(losses).sum() if losses else torch.zeros(())
 
 
