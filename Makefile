@@ -5,7 +5,7 @@
 
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-SYS_PKGS := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libportaudio2
+SYS_PKGS := python3 python3-venv libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libportaudio2
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MUJOCO_GL ?= egl
 

@@ -22,10 +22,11 @@ class PlannerConfig:
 class DeliberationConfig:
     deadline_s: float = 0.25  # wall-clock budget of one decision; the best plan so far is returned
     explore: float = 1.0  # while learning, noise of this many times the plan's own std is added to the action
-    surprise_ema: float = 0.02  # rate of the running mean surprise that surprise is compared to
+    surprise_ema: float = 0.02  # rate of the running means (surprise, disagreement, agreement)
     think_min: float = 0.5  # the iteration budget scales with relative surprise, within [think_min, think_max]
     think_max: float = 2.0
     replan_surprise: float = 3.0  # a step this many times more surprising than usual drops the warm start
-    fast_path: bool = True  # act on System 1's policy when the model is confident and unsurprised
-    fast_surprise: float = 0.5  # confident: relative surprise below this ...
+    fast_path: bool = True  # act on System 1's policy when it has earned it and the moment is calm
+    fast_agreement: float = 0.1  # earned: System 1's proposals lately within this of System 2's choices
+    fast_surprise: float = 0.5  # calm: relative surprise below this ...
     fast_uncertainty: float = 0.02  # ... and Q-ensemble disagreement (relative std) below this

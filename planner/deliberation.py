@@ -6,8 +6,10 @@ surprise and of the value ensemble's disagreement, and compares each new step to
   a calm, well-known state scales it down (to think_min);
 - a step far more surprising than usual (replan_surprise) drops the warm-started plan: the future it
   was built for did not happen;
-- when both are low (fast_surprise, fast_uncertainty), the policy prior's mean action is taken
-  alone, with no search and no exploration noise.
+- System 1 acts alone (the policy prior's mean action, no search, no noise) only when it has earned
+  it and the moment is calm: its own proposals have lately matched what the search chose (a running
+  mean of the action gap below fast_agreement), and surprise and disagreement are both low. Early in
+  learning the prior disagrees with the search, so every step is planned.
 The wall-clock deadline always holds: the search returns its best plan when it runs out.
 """
 
@@ -29,6 +31,7 @@ class Deliberation:
         self.surprise_mean: float | None = None
         self.uncertainty_mean: float | None = None
         self.relative_surprise = 1.0
+        self.agreement: float | None = None  # running mean |System 1's action - System 2's choice|
 
     def new_episode(self) -> None:
         self.mppi.reset()
@@ -55,7 +58,8 @@ class Deliberation:
         relative_unsure = unsure / max(mean_u, 1e-8)
 
         cfg = self.cfg
-        if cfg.fast_path and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
+        earned = self.agreement is not None and self.agreement < cfg.fast_agreement
+        if cfg.fast_path and earned and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
             # System 1's own best guess: its sampled actions are for exploring, and exploring is
             # what a calm, confident step does not need (noise there knocks a held pose off target).
             action = prior[0]
@@ -69,5 +73,7 @@ class Deliberation:
         iterations = max(1, round(self.mppi.cfg.iterations * scale))
         remaining = cfg.deadline_s - (time.perf_counter() - start)
         action, trace = self.mppi.plan(model, z0, iterations, remaining, cfg.explore if explore else 0.0)
+        gap = float((prior[0] - self.mppi.mean[0]).abs().mean())  # the search's choice, before any noise
+        self.agreement = gap if self.agreement is None else self.agreement + cfg.surprise_ema * (gap - self.agreement)
         trace.think_ms = 1e3 * (time.perf_counter() - start)
         return action, trace

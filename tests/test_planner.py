@@ -79,10 +79,24 @@ def test_deliberation_thinks_longer_after_a_surprise_and_drops_the_plan():
     assert alarmed.iterations > calm.iterations
 
 
-def test_deliberation_trusts_system_one_when_calm_and_sure():
-    d = Deliberation(DeliberationConfig(fast_path=True, fast_surprise=0.5, fast_uncertainty=0.01), planner())
+def test_deliberation_trusts_system_one_once_it_has_earned_it():
+    """The prior (always 0) is right when the goal is where the point already is: after agreeing with
+    the search, it acts alone in a calm moment. It never does when the search keeps overruling it."""
+    cfg = DeliberationConfig(fast_path=True, fast_agreement=0.1, fast_surprise=0.5, fast_uncertainty=0.01,
+                             surprise_ema=0.5)
+    d = Deliberation(cfg, planner())
     d.observe(1.0)
     d.observe(0.1)  # much calmer than usual
-    action, trace = d.decide(PointMass([0.1, 0.1]), torch.zeros(2), explore=False)
+    _, first = d.decide(PointMass([0.0, 0.0]), torch.zeros(2), explore=False)
+    assert not first.fast_path  # nothing earned yet
+    for _ in range(5):
+        d.decide(PointMass([0.0, 0.0]), torch.zeros(2), explore=False)
+    action, trace = d.decide(PointMass([0.0, 0.0]), torch.zeros(2), explore=False)
     assert trace.fast_path and trace.iterations == 0
     assert torch.equal(action, torch.zeros(2))
+
+    stubborn = Deliberation(cfg, planner())
+    stubborn.observe(1.0)
+    stubborn.observe(0.1)
+    far = PointMass([0.1, 0.1])  # the search moves at full speed; the prior says stand still
+    assert not any(stubborn.decide(far, torch.zeros(2), explore=False)[1].fast_path for _ in range(8))
