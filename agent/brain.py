@@ -21,7 +21,7 @@ from worldmodel.learner import Batch, Learner, surprise
 from worldmodel.model import WorldModel
 from worldmodel.tokenizers import encode_text
 
-ObsSpec = dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype name), from sim.observation_spec
+TypedSpec = dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype name), from sim.observation_spec
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Step:
 
 
 class Brain:
-    def __init__(self, cfg: Config, spec: ObsSpec, action_dim: int):
+    def __init__(self, cfg: Config, spec: TypedSpec, action_dim: int):
         self.cfg = cfg
         self.device = torch.device(cfg.run.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

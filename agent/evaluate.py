@@ -55,7 +55,8 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 
 
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
-    """The agent plans as it does while learning, but commits to its plan without exploration noise."""
+    """The agent plans as it does while learning, but commits to its plan without exploration noise.
+    Nothing is learned and no surprise is measured, so every step is planned (no fast path)."""
     def policy(obs: dict) -> np.ndarray:
         return brain.act(brain.encode(brain.prepare(obs)), explore=False).action
 

@@ -1,10 +1,11 @@
-"""The progress bar of a run: step, last episode's return and success, mean surprise, think time."""
+"""The progress bar of a run: step, last episode's return and success (hit / miss), the smoothed
+surprise and the planner's think time."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
 
@@ -12,8 +13,8 @@ class Progress:
     def __init__(self, total: int, done: int = 0, enabled: bool = True):
         self.enabled = enabled
         self.bar = RichProgress(
-            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            MofNCompleteColumn(), BarColumn(bar_width=16), TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
             disable=not enabled,
         )
         self.task = self.bar.add_task("run", total=total, completed=done, status="")
@@ -40,6 +41,6 @@ class Progress:
         self.last_success = row.get("success")
 
     def status(self) -> str:
-        ret = "-" if self.last_return is None else f"{self.last_return:7.2f}"
-        ok = "-" if self.last_success is None else ("yes" if self.last_success else "no")
-        return f"return {ret}  success {ok}  surprise {self.surprise:.3f}  think {self.think_ms:5.1f} ms"
+        ret = "-" if self.last_return is None else f"{self.last_return:.1f}"
+        ok = "" if self.last_success is None else (" hit" if self.last_success else " miss")
+        return f"return {ret}{ok} | surprise {self.surprise:.2f} | think {self.think_ms:.0f}ms"
