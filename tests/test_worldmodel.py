@@ -90,6 +90,13 @@ def test_each_token_reaches_exactly_k_experts():
     assert moe.stats.dropped == 0.0
 
 
+def test_top_1_routing_keeps_a_gradient_for_the_router():
+    torch.manual_seed(0)
+    moe = MoE(8, MoEConfig(num_experts=4, top_k=1, expert_hidden=8))
+    moe(torch.randn(32, 8)).sum().backward()
+    assert float(moe.router.weight.grad.abs().sum()) > 1e-2  # renormalized, it would be ~1e-7 (rounding)
+
+
 def test_capacity_limit_drops_and_counts():
     torch.manual_seed(0)
     moe = MoE(8, MoEConfig(num_experts=4, top_k=1, expert_hidden=8, capacity_factor=0.5))

@@ -1,7 +1,7 @@
 """Mixture-of-Experts feed-forward layer: top-k routing over E expert MLPs, with load balancing.
 
 Tokens arrive flat, (N, d). A linear router scores every expert; each token goes to its top-k
-experts, and their outputs are summed with the renormalized router weights. Only the chosen experts
+experts, and their outputs are summed with the router weights, renormalized over the k (for k > 1). Only the chosen experts
 run: tokens are gathered per expert and scattered back with `index_add_`, which on a CPU is about
 2.5x faster than running every expert on every token (../shared/facts.md).
 
@@ -59,7 +59,8 @@ class MoE(nn.Module):
         n, (e, k) = x.shape[0], (self.cfg.num_experts, self.cfg.top_k)
         probs = F.softmax(self.router(x), dim=-1)  # (N, E)
         gate, expert = probs.topk(k, dim=-1)  # (N, k)
-        gate = gate / gate.sum(-1, keepdim=True)
+        if k > 1:  # with k = 1 a renormalized gate is always 1 and the router would learn nothing (Switch)
+            gate = gate / gate.sum(-1, keepdim=True)
 
         flat_expert = expert.reshape(-1)  # (N*k,) slot -> expert
         flat_token = torch.arange(n, device=x.device).repeat_interleave(k)
