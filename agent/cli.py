@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"omniloop sim: error: {exc}", file=sys.stderr)
             return 2
-        from agent.loop import run  # torch and MuJoCo load only once the config is known to be good
+        from agent.checkpoint import CheckpointError  # torch and MuJoCo load only once the config is good
+        from agent.loop import run
 
         if args.resume is not None and not (run_dir / "checkpoint.safetensors").is_file():
             print(f"omniloop sim: error: --resume {run_dir}: no checkpoint.safetensors there", file=sys.stderr)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder: {run_dir}")
         try:
             rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress)
-        except (ConfigError, FileExistsError) as exc:
+        except (ConfigError, FileExistsError, CheckpointError) as exc:
             print(f"omniloop sim: error: {exc}", file=sys.stderr)
             return 2
         if rows:

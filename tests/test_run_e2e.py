@@ -84,3 +84,12 @@ def test_an_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys)
     assert main(["sim", "--env", "gym:NoSuchEnv-v0", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "NoSuchEnv" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_corrupt_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
+    from agent.config import load_config, save_config
+
+    save_config(load_config(None, SMALL), tmp_path / "config.yaml")
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["sim", "--resume", str(tmp_path), "--no-progress"]) == 2
+    assert "checkpoint.safetensors" in capsys.readouterr().err
