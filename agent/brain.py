@@ -135,7 +135,8 @@ class Brain:
             )
             metrics = self.learner.update(batch)
             priority = metrics.pop("priority")
-            self.memory.update_priorities(starts, np.asarray(priority.cpu(), dtype=np.float64))
+            if priority is not None:  # None: the update was refused, and the samples keep their priority
+                self.memory.update_priorities(starts, np.asarray(priority.cpu(), dtype=np.float64))
             results.append({k: float(v) for k, v in metrics.items()})
         return results
 
@@ -155,7 +156,8 @@ class Brain:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta.update(
             memory=counters, memory_rng=self.memory.rng.bit_generator.state, rng=self.rng.bit_generator.state,
-            learner={"updates": self.learner.updates, "skipped": self.learner.skipped, "q_scale": self.learner.q_scale},
+            learner={"updates": self.learner.updates, "skipped": self.learner.skipped,
+                     "restored": self.learner.restored, "q_scale": self.learner.q_scale},
             deliberation={"surprise_mean": self.deliberation.surprise_mean,
                           "uncertainty_mean": self.deliberation.uncertainty_mean},
             update_credit=self.update_credit, inputs_fitted=self.inputs_fitted,
@@ -177,6 +179,7 @@ class Brain:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.learner.updates = meta["learner"]["updates"]
         self.learner.skipped = meta["learner"]["skipped"]
+        self.learner.restored = meta["learner"]["restored"]
         self.learner.q_scale = meta["learner"]["q_scale"]
         self.deliberation.surprise_mean = meta["deliberation"]["surprise_mean"]
         self.deliberation.uncertainty_mean = meta["deliberation"]["uncertainty_mean"]

@@ -56,11 +56,13 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
     """The agent plans as it does while learning, but commits to its plan without exploration noise.
-    Nothing is learned and no surprise is measured, so every step is planned (no fast path)."""
+    Nothing is learned, and the deliberation's running state is as it was afterwards, so training can
+    go on as if the evaluation had not happened (but for the random numbers it drew)."""
     def policy(obs: dict) -> np.ndarray:
         return brain.act(brain.encode(brain.prepare(obs)), explore=False).action
 
-    return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode)
+    with brain.deliberation.aside():
+        return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode)
 
 
 def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def code_version() -> str:
         return "unknown"
 
 
-def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True) -> list[dict]:
-    """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir."""
+def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True,
+        after_episode: Callable[[Brain, int], None] | None = None) -> list[dict]:
+    """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir.
+
+    `after_episode(brain, env_step)` runs between episodes (a benchmark evaluates there)."""
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
@@ -86,6 +90,8 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
                 metrics.append(last.row)
                 rows.append(last.row)
                 progress.episode_done(last.row)
+                if after_episode is not None:
+                    after_episode(brain, counters.env_step)
                 if counters.episode % cfg.run.checkpoint_every == 0:
                     checkpoint(brain, counters, run_dir)
     finally:
@@ -162,7 +168,8 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     elapsed = time.perf_counter() - start
     row = {"env_step": counters.env_step, "episode": counters.episode, "return": ret, "length": t,
            "steps_per_s": t / max(elapsed, 1e-9), "wall_s": time.time() - counters.started,
-           "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped}
+           "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped,
+           "restored_weights": brain.learner.restored}
     if success is not None:  # only tasks that report success get the column
         row["success"] = float(success)
     row.update(averages.means())

@@ -15,7 +15,9 @@ The wall-clock deadline always holds: the search returns its best plan when it r
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -32,6 +34,16 @@ class Deliberation:
         self.uncertainty_mean: float | None = None
         self.relative_surprise = 1.0
         self.agreement: float | None = None  # running mean |System 1's action - System 2's choice|
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Decide inside this block without changing what the running means and warm start will be
+        after it (an evaluation between training episodes)."""
+        kept = (self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean)
+        try:
+            yield
+        finally:
+            self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean = kept
 
     def new_episode(self) -> None:
         self.mppi.reset()

@@ -83,7 +83,7 @@ def test_each_token_reaches_exactly_k_experts():
     for slot in range(2):
         for n in range(300):
             e = chosen[n, slot]
-            h = torch.nn.functional.gelu(x[n] @ moe.w1[e] + moe.b1[e])
+            h = torch.nn.functional.silu(x[n] @ moe.w1[e] + moe.b1[e])
             expected[n] += gate[n, slot] * (h @ moe.w2[e] + moe.b2[e])
     assert torch.allclose(out, expected, atol=1e-5)
     assert moe.stats.load.sum().item() == pytest.approx(1.0)
@@ -175,6 +175,31 @@ def test_learner_skips_a_non_finite_loss_and_keeps_its_weights():
     before = [p.detach().clone() for p in model.parameters()]
     batch = Batch(obs={"proprio": torch.randn(4, 3, 4)}, action=torch.zeros(4, 2, 1),
                   reward=torch.tensor([[float("nan"), 0.0]] * 4), terminated=torch.zeros(4, 2), weight=torch.ones(4))
-    out = learner.update(batch)
-    assert out["skipped"] == 1.0 and learner.skipped == 1
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        out = learner.update(batch)
+    assert out["skipped"] == 1.0 and learner.skipped == 1 and out["priority"] is None
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_learner_restores_the_last_good_weights_after_a_blow_up():
+    """Weights that went non-finite (a blow-up a few steps back) come back from the last good snapshot,
+    and learning goes on from there."""
+    torch.manual_seed(0)
+    model = WorldModel({"proprio": (4,)}, 1, small_config())
+    learner = Learner(model, LearnerConfig(batch_size=4, horizon=2, snapshot_every=2))
+
+    def batch() -> Batch:
+        return Batch(obs={"proprio": torch.randn(4, 3, 4)}, action=torch.rand(4, 2, 1) * 2 - 1,
+                     reward=torch.rand(4, 2), terminated=torch.zeros(4, 2), weight=torch.ones(4))
+
+    for _ in range(3):
+        learner.update(batch())
+    good = {k: v.clone() for k, v in learner.good["model"].items()}
+    with torch.no_grad():
+        model.dynamics.out.weight[0, 0] = float("inf")
+    with pytest.warns(UserWarning, match="last good weights restored"):
+        out = learner.update(batch())
+    assert out["restored"] == 1.0 and learner.restored == 1
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+    assert learner.update(batch())["skipped"] == 0.0
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

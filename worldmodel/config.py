@@ -36,6 +36,9 @@ class WorldModelConfig:
     dynamics_layers: int = 2  # MoE residual blocks in (z, a) -> z'
     head_hidden: int = 128  # reward, value and policy MLPs
     num_q: int = 5  # Q ensemble size
+    bins: int = 101  # reward and Q are two-hot distributions over this many points ...
+    symlog_min: float = -10.0  # ... spread evenly over [symlog_min, symlog_max] in symlog space
+    symlog_max: float = 10.0
     log_std_min: float = -10.0
     log_std_max: float = 2.0
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -49,6 +52,7 @@ class LearnerConfig:
     lr: float = 3e-4
     encoder_lr_scale: float = 1.0
     grad_clip: float = 20.0
+    snapshot_every: int = 250  # updates between snapshots of good weights (restored after a NaN)
     rho: float = 0.5  # per-step weight decay along the rollout
     discount: float = 0.9
     tau: float = 0.01  # target Q network's EMA rate

@@ -10,11 +10,16 @@ Losses (TD-MPC2's recipe, plus the pieces a multimodal MoE model needs):
 Per-step losses decay by rho^t along the rollout. Each sample is weighted by its importance weight
 from prioritized replay, and the step returns each sample's surprise to become its new priority.
 
-A loss that is NaN or inf is not applied: the step is skipped and counted, and the weights stay.
+Health: a loss or gradient that is NaN or inf is not applied. The step is skipped and counted, a
+warning is logged, and the weights and optimizer states go back to the last snapshot whose weights
+were all finite (taken every `snapshot_every` updates), so a blow-up that began a few steps earlier
+is undone too. The returned priority is then None: the samples keep theirs.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,14 +61,39 @@ class Learner:
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
         policy_ids = {id(p) for p in model.policy_head.parameters()}
         self.world_params = encoder + [p for p in rest if id(p) not in policy_ids]
-        self.optim = torch.optim.Adam([
+        self.optim = torch.optim.Adam(fused=True, params=[
             {"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
             {"params": self.world_params[len(encoder):], "lr": cfg.lr},
         ])
-        self.pi_optim = torch.optim.Adam(model.policy_head.parameters(), lr=cfg.lr, eps=1e-5)
+        self.pi_optim = torch.optim.Adam(model.policy_head.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
         self.q_scale = 1.0  # running scale of Q, so the policy loss is scale-free across tasks
         self.updates = 0
-        self.skipped = 0  # updates refused for a non-finite loss
+        self.skipped = 0  # updates refused for a non-finite loss or gradient
+        self.restored = 0  # times the last good weights were put back
+        self.good: dict | None = None  # the last snapshot whose weights were all finite
+
+    # -- health ----------------------------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Remember the weights and optimizer states, if every weight is finite."""
+        params = [p.detach() for p in self.model.parameters()]
+        if not bool(torch.isfinite(torch.stack([p.abs().max() for p in params])).all()):
+            return
+        self.good = copy.deepcopy({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                                   "pi_optim": self.pi_optim.state_dict()})
+
+    def recover(self, what: str) -> dict[str, float | torch.Tensor]:
+        """A non-finite loss or gradient: apply nothing and put the last good weights back."""
+        self.skipped += 1
+        self.optim.zero_grad(set_to_none=True)
+        self.pi_optim.zero_grad(set_to_none=True)
+        if self.good is not None:
+            self.model.load_state_dict(self.good["model"])
+            self.optim.load_state_dict(self.good["optim"])
+            self.pi_optim.load_state_dict(self.good["pi_optim"])
+            self.restored += 1
+        warnings.warn(f"learner update {self.updates}: non-finite {what}; the update was skipped"
+                      + (" and the last good weights restored" if self.good is not None else ""), stacklevel=3)
+        return {"skipped": 1.0, "restored": float(self.good is not None), "priority": None}
 
     def update(self, batch: Batch) -> dict[str, float | torch.Tensor]:
         """One gradient step. Returns scalar metrics and 'priority', each sample's surprise (B,)."""
@@ -90,11 +120,11 @@ class Learner:
         decay = cfg.rho ** torch.arange(h, dtype=torch.float32, device=z.device)  # (H,)
 
         flat_z, flat_a = z_roll.reshape(b * h, -1), batch.action.reshape(b * h, -1)
-        reward_pred = model.reward(flat_z, flat_a).reshape(b, h)
-        q = model.q(flat_z, flat_a).reshape(-1, b, h)
+        reward_logits = model.reward_logits(flat_z, flat_a).reshape(b, h, -1)
+        q_logits = model.q_logits(flat_z, flat_a).reshape(-1, b, h, reward_logits.shape[-1])
         consistency = ((z_pred - z_next).pow(2).mean(-1) * decay).mean(1)  # (B,)
-        reward_loss = ((reward_pred - batch.reward).pow(2) * decay).mean(1)
-        value_loss = ((q - td_target).pow(2).mean(0) * decay).mean(1)
+        reward_loss = (model.twohot.loss(reward_logits, batch.reward) * decay).mean(1)
+        value_loss = (model.twohot.loss(q_logits, td_target.expand_as(q_logits[..., 0])).mean(0) * decay).mean(1)
         per_sample = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
         loss = (per_sample * batch.weight).mean() + model.cfg.moe.balance_coef * model.balance_loss()
         recon = torch.zeros((), device=z.device)
@@ -103,25 +133,30 @@ class Learner:
             recon = F.mse_loss(model.decode(zs[0][:n]), obs0["image"][:n].float() / 255.0)
             loss = loss + cfg.reconstruction_coef * recon
 
+        if self.good is None or self.updates % cfg.snapshot_every == 0:
+            self.snapshot()
         if not torch.isfinite(loss):
-            self.skipped += 1
-            self.optim.zero_grad(set_to_none=True)
-            return {"skipped": 1.0, "priority": torch.ones(b)}
+            return self.recover("loss")
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.world_params, cfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            return self.recover("gradient")
         self.optim.step()
         pi_loss, entropy = self.update_policy(z_roll.detach().reshape(b * h, -1), decay.repeat(b))
+        if pi_loss != pi_loss:  # NaN
+            return self.recover("policy loss")
         model.update_target(cfg.tau)
         self.updates += 1
 
         with torch.no_grad():
-            first = surprise(z_pred[:, 0], z_next[:, 0], reward_pred[:, 0], batch.reward[:, 0])["total"]
+            reward_pred = model.twohot.decode(reward_logits[:, 0].detach())
+            first = surprise(z_pred[:, 0], z_next[:, 0], reward_pred, batch.reward[:, 0])["total"]
         return {
             "loss": float(loss.detach()), "consistency_loss": float(consistency.detach().mean()),
             "reward_loss": float(reward_loss.detach().mean()), "value_loss": float(value_loss.detach().mean()),
             "reconstruction_loss": float(recon.detach()), "policy_loss": pi_loss, "policy_entropy": entropy,
-            "grad_norm": float(grad_norm), "skipped": 0.0, **model.router_stats(),
+            "grad_norm": float(grad_norm), "skipped": 0.0, "restored": 0.0, **model.router_stats(),
             "priority": first.detach(),
         }
 
@@ -136,7 +171,6 @@ class Learner:
             self.q_scale += 0.01 * (float(q.abs().mean()) + 1e-2 - self.q_scale)
         loss = -((q / self.q_scale + self.cfg.entropy_coef * entropy) * decay).mean()
         if not torch.isfinite(loss):
-            self.skipped += 1
             return float("nan"), float("nan")
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()

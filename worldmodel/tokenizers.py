@@ -20,10 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodel.config import AudioConfig
-
-
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.log1p(x.abs())
+from worldmodel.twohot import symlog
 
 
 def encode_text(text: str, max_len: int) -> np.ndarray:
