@@ -90,6 +90,12 @@ def validate(cfg: Config) -> None:
     name = cfg.env.name
     need(name in ("reach", "omniloop/Reach-v0") or name.startswith(("gym:", "dmc:")),
          f"env.name {name!r} is none of: reach, gym:ID, dmc:DOMAIN-TASK")
+    need(cfg.env.frame_stack >= 1, f"env.frame_stack must be at least 1, got {cfg.env.frame_stack}")
+    need(cfg.env.frame_stack == 1 or cfg.env.pixels or name in ("reach", "omniloop/Reach-v0"),
+         "env.frame_stack > 1 stacks camera frames: it needs env.pixels=true")
+    need(cfg.env.proprio or cfg.env.pixels or name in ("reach", "omniloop/Reach-v0"),
+         "env.proprio=false with env.pixels=false would leave the agent no observation")
+    need(cfg.learner.snapshot_every >= 1, f"learner.snapshot_every must be at least 1, got {cfg.learner.snapshot_every}")
     grid_factor = cfg.env.image_size // wm.image_grid
     need(cfg.env.image_size % wm.image_grid == 0 and grid_factor >= 4 and grid_factor & (grid_factor - 1) == 0,
          f"env.image_size {cfg.env.image_size} must be worldmodel.image_grid ({wm.image_grid}) times a power of two >= 4")

@@ -26,7 +26,7 @@ from agent.checkpoint import load_checkpoint, save_checkpoint
 from agent.config import Config, ConfigError, save_config
 from agent.episodes import EpisodeWriter, StepRecord
 from agent.metrics import MetricsLog
-from agent.plots import plot_learning_curve
+from agent.plots import plot_health, plot_learning_curve
 from agent.progress import Progress
 from agent.video import write_side_by_side
 
@@ -109,7 +109,7 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     o = brain.prepare(obs)
     z = brain.encode(o)
     keep_frames = cfg.run.video and "image" in o
-    real = [o["image"]] if keep_frames else []
+    real = [sim.newest_frame(o["image"])] if keep_frames else []
     imagined = [brain.imagine_frame(z)] if keep_frames else []
     averages = Averages()
     ret, success, t, start, done = 0.0, None, 0, time.perf_counter(), False
@@ -142,12 +142,12 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             trace = step.trace.scalars() if step.trace else {}
             if writer is not None:
                 writer.write(StepRecord(
-                    step=t, time_ns=captured, observation=obs, action_requested=step.action,
+                    step=t, time_ns=captured, observation=recorded(obs), action_requested=step.action,
                     action_sent=step.action, action_applied=applied, reward=float(reward),
                     terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
                     surprise=s, plan=trace or None, sim_state=state))
             if keep_frames:
-                real.append(o_next["image"])
+                real.append(sim.newest_frame(o_next["image"]))
                 imagined.append(brain.imagine_frame(step.expected_latent))
             averages.add({"surprise": s["total"], "surprise_latent": s["latent"], "surprise_reward": s["reward"],
                           "replanned": float(replanned), **{f"plan_{k}": float(v) for k, v in trace.items()}})
@@ -186,6 +186,11 @@ def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int) -> Epi
     return EpisodeWriter(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments)
 
 
+def recorded(obs: dict) -> dict:
+    """What an episode file keeps of an observation: of stacked frames, only the newest."""
+    return {**obs, "image": sim.newest_frame(obs["image"])} if "image" in obs else obs
+
+
 def sim_state(env) -> dict[str, np.ndarray] | None:
     """The full simulator state, where the body is a simulation that exposes it (for exact replay)."""
     get_state = getattr(env.unwrapped, "get_state", None)
@@ -198,6 +203,7 @@ def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
     if (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+        plot_health(run_dir / "metrics.csv", run_dir / "health.png")
 
 
 class Averages:

@@ -1,4 +1,5 @@
-"""The learning curve of a run as a PNG: episode return, success rate and surprise against env steps.
+"""A run's plots as PNGs: the learning curve (episode return, success rate and surprise against env
+steps) and the learner's health (losses, gradient norm, expert balance, non-finite updates).
 
 Reads the metrics CSV (`agent.metrics`), one row per episode. Each panel takes the first of its
 column names that the CSV has; a panel whose column is absent (an env without success, a run that
@@ -100,3 +101,58 @@ def _number(value: Value | None) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
+
+
+# Training health: one panel per question a person asks when a run goes wrong.
+HEAD_LOSSES = ("consistency", "reward", "value", "reconstruction", "policy")
+
+
+def plot_health(metrics_csv: Path, out_png: Path, x: str = "env_step") -> None:
+    """Write a PNG of the learner's health against column `x`: the loss of each head, the gradient
+    norm (before clipping), the experts' load balance (max / mean load; 1 is perfect) and the
+    router's entropy, and the updates refused for a non-finite loss (with weights restored)."""
+    metrics_csv, out_png = Path(metrics_csv), Path(out_png)
+    rows = read_metrics(metrics_csv)
+    xs, xlabel = _x_values(rows, x)
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2, sharex=True).ravel()
+    figure.suptitle(f"Training health: {metrics_csv.parent.name or metrics_csv.stem}")
+
+    drawn = [_lines(axes[0], rows, xs, {h: f"train_{h}_loss" for h in HEAD_LOSSES}, "Loss of each head", "loss")]
+    axes[0].set_yscale("symlog", linthresh=1e-3)  # the policy loss is negative
+    drawn.append(_lines(axes[1], rows, xs, {"gradient norm": "train_grad_norm"}, "Gradient norm (before clipping)", "norm"))
+    drawn.append(_lines(axes[2], rows, xs, {"max / mean expert load": "train_moe_max_load",
+                                            "router entropy (nats)": "train_moe_entropy"},
+                        "Mixture of Experts: balance and router entropy", "ratio / nats"))
+    if drawn[-1]:
+        axes[2].axhline(1.0, color="grey", ls=":", lw=1)
+    drawn.append(_lines(axes[3], rows, xs, {"updates skipped (non-finite)": "skipped_updates",
+                                            "good weights restored": "restored_weights"},
+                        "Non-finite losses, counted since the start", "count"))
+    for ax, ok in zip(axes, drawn):
+        if not ok:
+            _note(ax, "not recorded in this run")
+    for ax in axes[2:]:
+        ax.set_xlabel(xlabel)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=100)
+
+
+def _lines(ax: Axes, rows: list[dict[str, Value]], xs: list[float | None], columns: dict[str, str],
+           title: str, ylabel: str) -> bool:
+    """One line per label -> column that has numbers; False if none had any."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    drawn = False
+    for label, column in columns.items():
+        points = [(px, _number(row.get(column))) for px, row in zip(xs, rows)]
+        points = [(px, py) for px, py in points if px is not None and py is not None]
+        if points:
+            px, py = zip(*points)
+            ax.plot(px, py, label=label, linewidth=1.3)
+            drawn = True
+    if drawn:
+        ax.legend(fontsize=8)
+    return drawn

@@ -70,11 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def env_overrides(args: argparse.Namespace) -> list[str]:
-    """The env settings both agents share."""
+    """The env settings both agents share (env.* overrides on the command line included)."""
     out = [f"env.name=dmc:{args.task}"]
     if args.pixels:
         out += ["env.pixels=true", "env.proprio=false", "env.frame_stack=3"]
-    return out
+    return out + [o for o in args.overrides if o.startswith("env.")]
 
 
 # ----------------------------------------------------------------------------------- results
@@ -214,7 +214,10 @@ def summary(rows: list[dict], agent: str, steps: int) -> tuple[float, float, int
 
 def table(rows: list[dict], task: str, obs: str) -> str:
     agents = sorted({r["agent"] for r in rows}, key=lambda a: (a != "omniloop", a))
-    steps = [s for s in TABLE_STEPS if any(r["env_steps"] == s for r in rows)]
+    present = {r["env_steps"] for r in rows}
+    steps = [s for s in TABLE_STEPS if s in present] or sorted(present)[-1:]
+    if not steps:
+        return f"no evaluations of {task} ({obs}) yet"
     lines = [f"| {task} ({obs}) | " + " | ".join(f"{s // 1000}k" for s in steps) + " |",
              "| --- | " + " | ".join("---:" for _ in steps) + " |"]
     for agent in agents:

@@ -7,6 +7,7 @@
   synthesized from MuJoCo contacts (`sim.audio`);
 * adapters that present other Gymnasium (`gym:ID`) and dm_control (`dmc:DOMAIN-TASK`) tasks the
   same way (`sim.adapters`);
+* observation wrappers (`sim.wrappers`): drop the state vector, stack camera frames;
 * `make`, which builds any of them from an `EnvConfig`, and `observation_spec`, which describes
   observations with plain shapes for packages that do not import Gymnasium.
 
@@ -28,6 +29,7 @@ from sim.adapters import DMC_DEFAULT_REPEAT, DMCAdapter, GymAdapter  # noqa: E40
 from sim.audio import AUDIO_SAMPLE_RATE, ContactAudio  # noqa: E402
 from sim.config import EnvConfig  # noqa: E402
 from sim.reach import ReachEnv  # noqa: E402
+from sim.wrappers import DropKeys, StackFrames, newest_frame  # noqa: E402
 
 __all__ = [
     "AUDIO_SAMPLE_RATE",
@@ -39,6 +41,7 @@ __all__ = [
     "ReachEnv",
     "control_period",
     "make",
+    "newest_frame",
     "observation_spec",
 ]
 
@@ -50,10 +53,25 @@ if REACH_ID not in gymnasium.registry:  # importing twice (or reloading) must no
 
 
 def make(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = None) -> gymnasium.Env:
-    """The env named by `cfg.name`; `seed` seeds its first `reset()` that is given no seed.
+    """The env named by `cfg.name`, its observation shaped by `cfg.proprio` and `cfg.frame_stack`;
+    `seed` seeds its first `reset()` that is given no seed.
 
-    Raises ValueError for a name of no accepted form, naming it and the accepted forms.
+    Raises ValueError for a name of no accepted form (naming it and the accepted forms), or for an
+    observation the options would leave without an image to stack or without any key.
     """
+    env = _make_task(cfg, seed, render_mode)
+    try:
+        if not cfg.proprio:
+            env = DropKeys(env, ("proprio",))
+        if cfg.frame_stack != 1:
+            env = StackFrames(env, cfg.frame_stack)
+    except ValueError:
+        env.close()
+        raise
+    return env
+
+
+def _make_task(cfg: EnvConfig, seed: int | None, render_mode: str | None) -> gymnasium.Env:
     name = cfg.name.strip()
     if name in ("reach", REACH_ID):
         return ReachEnv(

@@ -222,3 +222,27 @@ def test_dmc_task_names_with_underscores():
         assert obs["proprio"].shape == (5,)
     finally:
         env.close()
+
+
+def test_pixels_only_with_stacked_frames():
+    """TD-MPC2's pixel setting: no state vector, the last 3 frames along the channels, newest last."""
+    env = sim.make(EnvConfig(name="dmc:reacher-easy", image_size=32, pixels=True, proprio=False, frame_stack=3), seed=0)
+    try:
+        check_env(env.unwrapped, skip_render_check=True)
+        first, _ = env.reset(seed=1)
+        assert set(first) == {"image"} and first["image"].shape == (32, 32, 9)
+        assert env.observation_space["image"].shape == (32, 32, 9)
+        assert np.array_equal(first["image"][..., :3], first["image"][..., 6:])  # the first frame, three times
+        second, *_ = env.step(np.ones(2, np.float32))
+        assert np.array_equal(second["image"][..., :6], first["image"][..., 3:])  # shifted by one frame
+        assert not np.array_equal(second["image"][..., 6:], first["image"][..., 6:])
+        assert np.array_equal(sim.newest_frame(second["image"]), second["image"][..., 6:])
+    finally:
+        env.close()
+
+
+def test_stacking_needs_an_image_and_dropping_needs_something_left():
+    with pytest.raises(ValueError, match="frame stacking needs"):
+        sim.make(EnvConfig(name="dmc:reacher-easy", pixels=False, frame_stack=2), seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        sim.make(EnvConfig(name="dmc:reacher-easy", pixels=False, proprio=False), seed=0)

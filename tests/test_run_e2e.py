@@ -27,7 +27,8 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "done: 60 env steps" in done.stdout
 
-    for name in ("config.yaml", "metrics.csv", "checkpoint.safetensors", "learning_curve.png", "last_episode.mp4"):
+    for name in ("config.yaml", "metrics.csv", "checkpoint.safetensors", "learning_curve.png", "health.png",
+                 "last_episode.mp4"):
         assert (run_dir / name).is_file(), name
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["env_step"] for r in rows] == [20, 40, 60]

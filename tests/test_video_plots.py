@@ -110,3 +110,19 @@ def test_learning_curve_png(tmp_path: Path, columns: tuple[str, ...]) -> None:
     image = cv2.imread(str(out))
     assert image is not None and image.shape == (900, 800, 3)
     assert image.std() > 10  # something was drawn
+
+
+def test_health_plot_draws_what_the_run_logged(tmp_path):
+    from agent.plots import plot_health
+
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(
+        "env_step,train_consistency_loss,train_reward_loss,train_value_loss,train_policy_loss,train_grad_norm,"
+        "train_moe_max_load,train_moe_entropy,skipped_updates,restored_weights\n"
+        "100,0.5,2.0,3.0,-0.9,4.0,1.3,1.2,0,0\n200,0.2,1.0,2.0,-0.95,2.0,1.1,1.3,1,1\n")
+    plot_health(csv_path, tmp_path / "health.png")
+    assert imageio.imread(tmp_path / "health.png").shape[0] > 300
+    dense = tmp_path / "dense.csv"  # a dense model logs no expert statistics: the plot still draws
+    dense.write_text("env_step,train_value_loss\n100,1.0\n")
+    plot_health(dense, tmp_path / "dense.png")
+    assert (tmp_path / "dense.png").stat().st_size > 1000

@@ -130,7 +130,8 @@ class Learner:
         recon = torch.zeros((), device=z.device)
         if model.decoder is not None and "image" in obs0:
             n = min(cfg.reconstruct_samples, b)
-            recon = F.mse_loss(model.decode(zs[0][:n]), obs0["image"][:n].float() / 255.0)
+            newest = obs0["image"][:n, ..., -3:]  # of stacked frames, the decoder draws the newest
+            recon = F.mse_loss(model.decode(zs[0][:n]), newest.float() / 255.0)
             loss = loss + cfg.reconstruction_coef * recon
 
         if self.good is None or self.updates % cfg.snapshot_every == 0:

@@ -4,7 +4,7 @@
     (z, a) --action token + MoE residual blocks--> z'                   step(z, a)
     (z, a) --MLP--> reward;  (z, a) --ensemble of MLPs--> Q            reward / q / value
     z --MLP--> squashed Gaussian over actions                           policy(z)
-    z --transposed convs--> image                                       decode(z)
+    z --transposed convs--> image (the newest frame, if frames are stacked) decode(z)
 
 Reward and Q heads predict two-hot logits over bins in symlog space (worldmodel.twohot), so one
 set of loss weights serves tasks whose returns differ by orders of magnitude.
@@ -90,9 +90,9 @@ class Encoder(nn.Module):
         self.tokenizers = nn.ModuleDict()
         if "image" in spec:
             h, w, c = spec["image"]
-            if h != w or c != 3:
-                raise ValueError(f"image observations must be square RGB (S, S, 3), got {spec['image']}")
-            self.tokenizers["image"] = ImageTokenizer(h, cfg.image_grid, d)
+            if h != w or c % 3:
+                raise ValueError(f"image observations must be square RGB frames (S, S, 3k), got {spec['image']}")
+            self.tokenizers["image"] = ImageTokenizer(h, cfg.image_grid, d, c)
         if "proprio" in spec:
             self.tokenizers["proprio"] = VectorTokenizer(spec["proprio"][0], d, normalize=True)
         if "audio" in spec:

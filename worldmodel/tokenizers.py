@@ -35,13 +35,13 @@ class ImageTokenizer(nn.Module):
     """Non-overlapping strided convs (a 4x4 patchify, then 2x2 merges): 15x cheaper on a CPU than
     overlapping 4x4 convs of stride 2, at the same output grid."""
 
-    def __init__(self, size: int, grid: int, d: int):
+    def __init__(self, size: int, grid: int, d: int, channels: int = 3):
         super().__init__()
         factor = size // grid
         if size % grid or factor < 4 or factor & (factor - 1):
             raise ValueError(f"image size {size} must be the image grid {grid} times a power of two >= 4")
         strides = [4] + [2] * (int(math.log2(factor)) - 2)
-        channels = [3] + [min(d, 16 * 2**i) for i in range(len(strides))]
+        channels = [channels] + [min(d, 16 * 2**i) for i in range(len(strides))]
         layers: list[nn.Module] = []
         for c_in, c_out, s in zip(channels[:-1], channels[1:], strides):
             layers += [nn.Conv2d(c_in, c_out, s, stride=s), nn.GELU()]
@@ -50,7 +50,7 @@ class ImageTokenizer(nn.Module):
         self.pos = nn.Parameter(torch.zeros(grid * grid, d))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, grid^2, d)."""
+        """(B, H, W, C) uint8 -> (B, grid^2, d); C is 3, or 3k for k stacked frames."""
         x = image.permute(0, 3, 1, 2).contiguous().float() / 255.0 - 0.5
         x = self.stem(x).flatten(2).transpose(1, 2)
         return self.proj(x) + self.pos
