@@ -105,6 +105,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return CheckpointTensors(path, tensors), meta
 
 
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Only the meta of a checkpoint (counters, config), without reading its tensors."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as file:
+            return json.loads((file.metadata() or {})[META_KEY])
+    except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable omniloop checkpoint ({exc!r})") from None
+
+
 def _prepare_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray], path: Path) -> dict[str, torch.Tensor]:
     """CPU, contiguous tensors that own their storage, as safetensors requires."""
     prepared: dict[str, torch.Tensor] = {}

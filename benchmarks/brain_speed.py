@@ -1,12 +1,14 @@
-"""What one decision and one learner step of the default agent cost, on every device this machine
-has, side by side in one run. No simulator is needed: observations are random, shaped like the
-reach task's (64x64x3 image, 8 proprio, 800 audio samples, 2 actions).
+"""What one decision and one learner step of the agent cost, on every device this machine has, and
+for its MoE world model beside the dense twin with the same active parameters, side by side in one
+run. No simulator is needed: observations are random, shaped like the reach task's (64x64x3 image,
+8 proprio, 800 audio samples, 2 actions), or with --state N like a dm_control task's state.
 
-    python benchmarks/brain_speed.py                      # the default config
-    python benchmarks/brain_speed.py planner.samples=512  # any override
+    python benchmarks/brain_speed.py                                        # the default config
+    python benchmarks/brain_speed.py --config configs/dmc.yaml --state 6    # reacher-easy from state
+    python benchmarks/brain_speed.py planner.samples=512                    # any override
 
-Prints, per device: ms per plan (MPPI at the configured search size), ms per learner update, and
-the env steps per second of the whole brain at one plan and one update per step.
+Prints, per device and model: ms per plan (MPPI at the configured search size), ms per learner
+update, and the env steps per second of the whole brain at one plan and one update per step.
 """
 
 from __future__ import annotations
@@ -22,19 +24,27 @@ from agent.brain import Brain
 from agent.cli import DEFAULT_CONFIG
 from agent.config import load_config
 
-SPEC = {"image": ((64, 64, 3), "uint8"), "proprio": ((8,), "float32"), "audio": ((800,), "float32")}
+REACH_SPEC = {"image": ((64, 64, 3), "uint8"), "proprio": ((8,), "float32"), "audio": ((800,), "float32")}
 
 
-def synthetic_brain(overrides: list[str], device: str, steps: int = 2000) -> Brain:
-    cfg = load_config(DEFAULT_CONFIG, [*overrides, f"run.device={device}"])
-    brain = Brain(cfg, SPEC, action_dim=2)
+def random_observation(spec: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for key, (shape, dtype) in spec.items():
+        if dtype == "uint8":
+            out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            out[key] = (0.1 if key == "audio" else 1.0) * rng.normal(size=shape).astype(np.float32)
+    return out
+
+
+def synthetic_brain(config, overrides: list[str], spec: dict, device: str, steps: int = 2000) -> Brain:
+    cfg = load_config(config, [*overrides, f"run.device={device}"])
+    brain = Brain(cfg, spec, action_dim=2)
     rng = np.random.default_rng(0)
     for t in range(steps):
-        obs = {"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-               "proprio": rng.normal(size=8).astype(np.float32),
-               "audio": (0.1 * rng.normal(size=800)).astype(np.float32)}
         last = t % 50 == 49
-        brain.memory.add(obs, None if last else rng.uniform(-1, 1, 2).astype(np.float32), float(rng.random()))
+        brain.memory.add(random_observation(spec, rng), None if last else rng.uniform(-1, 1, 2).astype(np.float32),
+                         float(rng.random()))
     brain.fit_input_statistics()
     return brain
 
@@ -55,25 +65,30 @@ def timed(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--state", type=int, metavar="N", help="observe only an N-dim state vector (dm_control)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    spec = {"proprio": ((args.state,), "float32")} if args.state else REACH_SPEC
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        brain = synthetic_brain(args.overrides, device)
-        z = brain.encode({k: brain.memory.obs[k][0] for k in SPEC})
-        brain.deliberation.cfg.fast_path = False  # time the search itself
-        brain.deliberation.cfg.deadline_s = 1e9
-        plan_ms = timed(lambda: brain.act(z, explore=True), args.repeats)
-        update_ms = timed(lambda: brain.learn(1), args.repeats)
-        rows.append((device, plan_ms, update_ms, 1e3 / (plan_ms + update_ms)))
-        name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-        print(f"{device} ({name}): plan {plan_ms:.1f} ms, update {update_ms:.1f} ms, "
-              f"{1e3 / (plan_ms + update_ms):.1f} brain steps/s")
-    print("\n| device | plan ms | update ms | brain steps/s | vs cpu |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for device, plan_ms, update_ms, rate in rows:
-        print(f"| {device} | {plan_ms:.1f} | {update_ms:.1f} | {rate:.1f} | {rate / rows[0][3]:.2f}x |")
+        for model in ("MoE", "dense twin"):
+            overrides = [*args.overrides, f"worldmodel.moe.dense={model != 'MoE'}"]
+            brain = synthetic_brain(args.config, overrides, spec, device)
+            z = brain.encode({k: brain.memory.obs[k][0] for k in spec})
+            brain.deliberation.cfg.fast_path = False  # time the search itself
+            brain.deliberation.cfg.deadline_s = 1e9
+            plan_ms = timed(lambda: brain.act(z, explore=True), args.repeats)
+            update_ms = timed(lambda: brain.learn(1), args.repeats)
+            rows.append((device, model, plan_ms, update_ms, 1e3 / (plan_ms + update_ms)))
+            name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+            print(f"{device} ({name}), {model}: plan {plan_ms:.1f} ms, update {update_ms:.1f} ms, "
+                  f"{1e3 / (plan_ms + update_ms):.1f} brain steps/s")
+    print("\n| device | world model | plan ms | update ms | brain steps/s | vs cpu MoE |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for device, model, plan_ms, update_ms, rate in rows:
+        print(f"| {device} | {model} | {plan_ms:.1f} | {update_ms:.1f} | {rate:.1f} | {rate / rows[0][4]:.2f}x |")
 
 
 if __name__ == "__main__":

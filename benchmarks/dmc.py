@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 import sim
 from agent.brain import Brain
+from agent.checkpoint import read_checkpoint_meta
 from agent.config import load_config
 from agent.evaluate import Evaluation, evaluate_agent, run_episodes
 from agent.loop import CHECKPOINT, run
@@ -104,6 +106,19 @@ class Results:
         steps = [r["env_steps"] for r in self.rows if (r["agent"], r["task"], r["obs"], r["seed"]) == (agent, task, obs, seed)]
         return max(steps, default=0)
 
+    def drop(self, agent: str, task: str, obs: str, seed: int, after: int = -1) -> None:
+        """Forget this run's rows past env step `after` (all of them by default), in the file too."""
+        def keep(r: dict) -> bool:
+            return (r["agent"], r["task"], r["obs"], r["seed"]) != (agent, task, obs, seed) or r["env_steps"] <= after
+
+        if all(keep(r) for r in self.rows):
+            return
+        self.rows = [r for r in self.rows if keep(r)]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows({k: r[k] for k in FIELDS} for r in self.rows)
+
     def add(self, row: dict) -> None:
         new = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,13 +168,24 @@ def train_ours(args: argparse.Namespace, seed: int, results: Results) -> None:
     eval_env = sim.make(cfg.env, seed=seed)
     repeat = eval_env.unwrapped.action_repeat
     cfg = load_config(args.config, [*base, f"run.steps={args.steps // repeat}"])
+    # Resume from the checkpoint (configs/dmc.yaml writes one right after each evaluation); rows
+    # evaluated after it are done again. Without a checkpoint the run starts over.
+    resume = (run_dir / CHECKPOINT).exists()
+    if resume:
+        done_steps = read_checkpoint_meta(run_dir / CHECKPOINT)["env_step"] * repeat
+        results.drop("omniloop", args.task, args.obs, seed, after=done_steps)
+    else:
+        results.drop("omniloop", args.task, args.obs, seed)
+        if run_dir.exists():
+            print(f"{run_dir} has no checkpoint: starting that run over")
+            shutil.rmtree(run_dir)
     evaluator = Evaluator(args, "omniloop", seed, results, repeat)
 
     def after_episode(brain: Brain, agent_steps: int) -> None:
         evaluator(agent_steps, lambda: evaluate_agent(eval_env, brain, args.eval_episodes, seed))
 
     try:
-        run(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), after_episode=after_episode)
+        run(cfg, run_dir, resume=resume, after_episode=after_episode)
     finally:
         eval_env.close()
 
@@ -172,12 +198,13 @@ def train_sac(args: argparse.Namespace, seed: int, results: Results) -> None:
 
     if results.done("sac", args.task, args.obs, seed) >= args.steps:
         return
+    results.drop("sac", args.task, args.obs, seed)  # SAC cannot resume: an unfinished run starts over
     cfg = load_config(args.config, env_overrides(args))
     key = "image" if args.pixels else "proprio"
 
     def make() -> gymnasium.Env:
-        return gymnasium.wrappers.TransformObservation(sim.make(cfg.env, seed=seed), lambda o: o[key],
-                                                       sim.make(cfg.env, seed=seed).observation_space[key])
+        env = sim.make(cfg.env, seed=seed)
+        return gymnasium.wrappers.TransformObservation(env, lambda o: o[key], env.observation_space[key])
 
     env, eval_env = make(), make()
     repeat = env.unwrapped.action_repeat
@@ -189,7 +216,6 @@ def train_sac(args: argparse.Namespace, seed: int, results: Results) -> None:
         return run_episodes(eval_env, lambda o: model.predict(o, deterministic=True)[0], args.eval_episodes, seed)
 
     evaluator = Evaluator(args, "sac", seed, results, repeat)
-    evaluator.next = args.eval_every  # SAC cannot resume: it starts over
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
@@ -231,7 +257,7 @@ def table(rows: list[dict], task: str, obs: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], task: str, obs: str, path: Path) -> None:
+def plot(rows: list[dict], task: str, obs: str, episodes: int, path: Path) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), tight_layout=True)
@@ -246,7 +272,7 @@ def plot(rows: list[dict], task: str, obs: str, path: Path) -> None:
     for (name, value), style in zip(PUBLISHED.get((task, obs), {}).items(), ("--", ":", "-.")):
         ax.axhline(value, color="gray", ls=style, lw=1, label=f"{name} at 100k (published)")
     ax.set_xlabel("environment steps")
-    ax.set_ylabel(f"episode return ({'' if rows else 'no data, '}10 episodes, no exploration)")
+    ax.set_ylabel(f"episode return (mean of {episodes} episodes, no exploration)")
     ax.set_ylim(0, 1000)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -263,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.baseline == "sac":
             train_sac(args, seed, results)
     rows = [r for r in results.rows if r["task"] == args.task and r["obs"] == args.obs]
-    plot(rows, args.task, args.obs, args.out / "curve.png")
+    plot(rows, args.task, args.obs, args.eval_episodes, args.out / "curve.png")
     print()
     print(table(rows, args.task, args.obs))
     print(f"\nwrote {args.out / 'results.csv'} and {args.out / 'curve.png'}")

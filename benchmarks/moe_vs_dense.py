@@ -3,20 +3,21 @@ E experts (top-k routing), all with the same active parameters per token, traine
 set of recorded episodes, measured on held-out episodes.
 
     python benchmarks/dmc.py --task reacher-easy --steps 20000     # records episodes, if you have none
-    python benchmarks/moe_vs_dense.py --episodes runs/dmc-reacher-easy/omniloop-seed0/episodes
+    python benchmarks/moe_vs_dense.py --episodes runs/bench/episodes       # the reach benchmark's 400 episodes
     python benchmarks/moe_vs_dense.py --episodes DIR --experts 4,8,16 --steps 3000 --device cuda
 
 Each model learns what the world model learns online (latent consistency along an H-step rollout,
-two-hot reward) plus a linear probe that reads the observation back out of each predicted latent.
-The held-out prediction loss is that probe's squared error on the normalized observations of
-t+1..t+H, predicted from o_t and the actions alone: the same units for every model, whatever its
-latent. The dense model trains --dense-factor times longer, so it can show how many steps it needs
+two-hot reward) plus one more head, trained with it: a linear readout of the observation from each
+predicted latent. The held-out prediction loss is that readout's squared error on the normalized
+observations of t+1..t+H, predicted from o_t and the actions alone: the same units for every model,
+whatever its latent. The dense model trains --dense-factor times longer, so it can show how many steps it needs
 to match each MoE model.
 
 Reports, per MoE model: the compute multiplier (dense steps to reach the MoE model's final held-out
 loss, divided by the MoE model's steps; ">" when dense never got there) and its wall time per step
 relative to dense. Writes curves.csv, moe_vs_dense.png (loss against steps and against wall time)
-and summary.csv into --out.
+and summary.csv into --out, with dataset.npz: the episodes' observations, actions and rewards, which
+--episodes also takes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dmc.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=Path, required=True, help="folder of recorded episodes (.mcap), state")
+    p.add_argument("--episodes", type=Path, required=True,
+                   help="folder of recorded episodes (.mcap) with a proprio observation, or a dataset.npz this benchmark saved")
     p.add_argument("--experts", default="4,8,16", help="MoE expert counts to compare with dense")
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--steps", type=int, default=3000, help="training steps of each MoE model")
@@ -68,10 +70,15 @@ class Episodes:
     reward: list[np.ndarray]  # (T,)
 
 
-def load_episodes(folder: Path) -> Episodes:
-    paths = sorted(folder.glob("*.mcap"))
+def load_episodes(source: Path) -> Episodes:
+    """A folder of .mcap episodes, or the dataset.npz an earlier run of this benchmark saved."""
+    if source.suffix == ".npz":
+        data = np.load(source)
+        ends = np.cumsum(data["lengths"])[:-1]
+        return Episodes(*(np.split(data[k], ends) for k in ("obs", "action", "reward")))
+    paths = sorted(source.glob("*.mcap"))
     if not paths:
-        raise SystemExit(f"no .mcap episodes in {folder}")
+        raise SystemExit(f"no .mcap episodes in {source}")
     out = Episodes([], [], [])
     for path in paths:
         try:
@@ -88,6 +95,13 @@ def load_episodes(folder: Path) -> Episodes:
         out.action.append(np.stack([s.action_requested for s in steps]).astype(np.float32))
         out.reward.append(np.array([s.reward for s in steps], dtype=np.float32))
     return out
+
+
+def save_episodes(eps: Episodes, path: Path) -> None:
+    """The observations, actions and rewards alone: small, and quick to load again (--episodes X.npz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, obs=np.concatenate(eps.obs), action=np.concatenate(eps.action),
+                        reward=np.concatenate(eps.reward), lengths=np.array([len(o) for o in eps.obs]))
 
 
 class Sequences:
@@ -117,15 +131,15 @@ class Sequences:
 
 
 class Predictor(torch.nn.Module):
-    """A world model plus a linear probe from each latent back to the observation."""
+    """A world model plus a linear readout from each latent back to the observation, trained with it."""
 
     def __init__(self, model: WorldModel, obs_dim: int):
         super().__init__()
         self.model = model
-        self.probe = torch.nn.Linear(model.cfg.latent_dim, obs_dim)
+        self.readout = torch.nn.Linear(model.cfg.latent_dim, obs_dim)
 
     def losses(self, seq: Sequences, idx: torch.Tensor, rho: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> training loss, and the probe's and the reward's mean squared errors (all scalars)."""
+        """-> training loss, and the readout's and the reward's mean squared errors (all scalars)."""
         m = self.model
         obs, act, rew, target = seq.obs[idx], seq.action[idx], seq.reward[idx], seq.target[idx]
         b, h = act.shape[:2]
@@ -141,16 +155,16 @@ class Predictor(torch.nn.Module):
         z_pred = torch.stack(zs, 1)
         logits = torch.stack(reward_logits, 1)
         decay = rho ** torch.arange(h, device=z.device, dtype=torch.float32)
-        probe_err = (self.probe(z_pred) - target[:, 1:]).pow(2).mean(-1)  # (B, H)
+        readout_err = (self.readout(z_pred) - target[:, 1:]).pow(2).mean(-1)  # (B, H)
         consistency = (z_pred - z_next).pow(2).mean(-1)
-        reward_ce = m.twohot.loss(logits, rew)
-        loss = ((20 * consistency + 0.1 * reward_ce + probe_err) * decay).mean() + m.cfg.moe.balance_coef * m.balance_loss()
-        reward_err = (m.twohot.decode(logits.detach()) - rew).pow(2).mean()
-        return loss, probe_err.detach().mean(), reward_err
+        reward_ce = m.scalar_loss(logits, rew)
+        loss = ((20 * consistency + 0.1 * reward_ce + readout_err) * decay).mean() + m.cfg.moe.balance_coef * m.balance_loss()
+        reward_err = (m.scalar(logits.detach()) - rew).pow(2).mean()
+        return loss, readout_err.detach().mean(), reward_err
 
 
 def build(args: argparse.Namespace, obs_dim: int, action_dim: int, experts: int | None) -> Predictor:
-    """experts=None: the dense twin. The same seed gives every model the same probe and heads."""
+    """experts=None: the dense twin. Every model starts from the same seed."""
     cfg = load_config(args.config, args.overrides).worldmodel
     moe = dataclasses.replace(cfg.moe, dense=experts is None, num_experts=experts or cfg.moe.num_experts,
                               top_k=args.top_k)
@@ -182,14 +196,14 @@ def ffn_parameters(p: Predictor) -> tuple[int, int]:
 @torch.no_grad()
 def held_out_loss(p: Predictor, seq: Sequences, batch: int) -> tuple[float, float]:
     p.eval()
-    probe, reward, n = 0.0, 0.0, len(seq)
+    readout, reward, n = 0.0, 0.0, len(seq)
     for start in range(0, n, batch):
         idx = torch.arange(start, min(n, start + batch), device=seq.obs.device)
         _, pe, re = p.losses(seq, idx)
-        probe += float(pe) * len(idx)
+        readout += float(pe) * len(idx)
         reward += float(re) * len(idx)
     p.train()
-    return probe / n, reward / n
+    return readout / n, reward / n
 
 
 def train(p: Predictor, name: str, steps: int, train_seq: Sequences, test_seq: Sequences,
@@ -210,11 +224,19 @@ def train(p: Predictor, name: str, steps: int, train_seq: Sequences, test_seq: S
             torch.cuda.synchronize()
         wall += time.perf_counter() - start
         if step % args.eval_every == 0 or step == steps:
-            probe, reward = held_out_loss(p, test_seq, 1024)
-            rows.append({"model": name, "step": step, "wall_s": wall, "held_out_loss": probe, "held_out_reward_mse": reward,
+            readout, reward = held_out_loss(p, test_seq, 1024)
+            rows.append({"model": name, "step": step, "wall_s": wall, "held_out_loss": readout, "held_out_reward_mse": reward,
                          **{k: v for k, v in p.model.router_stats().items() if k in ("moe_max_load", "moe_entropy")}})
         progress.update(task, advance=1)
     return rows
+
+
+def write_curves(rows: list[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def smoothed(rows: list[dict], window: int = 3) -> list[tuple[int, float]]:
@@ -254,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     eps = load_episodes(args.episodes)
+    if args.episodes.suffix != ".npz":
+        save_episodes(eps, args.out / "dataset.npz")
     n = len(eps.obs)
     n_test = max(1, round(n * args.held_out))
     if n - n_test < 1:
@@ -272,18 +296,16 @@ def main(argv: list[str] | None = None) -> None:
     models = [("dense", None, round(args.steps * args.dense_factor))] + [(f"MoE E={e}", e, args.steps) for e in experts]
     rows: list[dict] = []
     sizes = {}
+    args.out.mkdir(parents=True, exist_ok=True)
     with Progress() as progress:
         for name, e, steps in models:
             p = build(args, obs_dim, action_dim, e)
             sizes[name] = ffn_parameters(p)
-            rows += train(p, name, steps, train_seq, test_seq, args, progress)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(args.out / "curves.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+            mine = train(p, name, steps, train_seq, test_seq, args, progress)
+            rows += mine
+            write_curves(rows, args.out / "curves.csv")  # after each model: a stopped run keeps what it did
+            progress.console.print(f"{name}: held-out loss {smoothed(mine)[-1][1]:.4f} after {steps} steps, "
+                                   f"{1e3 * mine[-1]['wall_s'] / steps:.1f} ms/step")
     plot(rows, args.out / "moe_vs_dense.png")
 
     dense = [r for r in rows if r["model"] == "dense"]

@@ -8,8 +8,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "env.episode_length=10", "run.seed_steps=10", "run.warmup_updates=2", "learner.batch_size=8",
@@ -33,7 +31,6 @@ def rows(path: Path) -> list[dict]:
 
 
 def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
-    pytest.importorskip("stable_baselines3")
     dmc = load("dmc")
     out = tmp_path / "dmc"
     # 40 env steps = 20 agent steps of 2 episodes; an evaluation every 20 env steps.
@@ -64,3 +61,20 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     assert int(summary[1]["ffn_params"]) > 1.9 * int(summary[0]["ffn_params"])
     assert abs(int(summary[1]["ffn_active_params"]) - int(summary[0]["ffn_active_params"])) < 0.1 * int(summary[0]["ffn_active_params"])
     assert (tmp_path / "moe" / "moe_vs_dense.png").stat().st_size > 1000
+
+
+def test_dmc_benchmark_from_pixels(tmp_path):
+    """--pixels: the agent sees only the last 3 frames (no state), and still runs the protocol."""
+    dmc = load("dmc")
+    out = tmp_path / "pixels"
+    dmc.main(["--task", "reacher-easy", "--pixels", "--steps", "20", "--eval-every", "20", "--eval-episodes", "1",
+              "--out", str(out), *TINY, "env.image_size=32", "worldmodel.image_grid=4"])
+    results = rows(out / "results.csv")
+    assert [(r["agent"], r["obs"], r["env_steps"]) for r in results] == [("omniloop", "pixels", "20")]
+    config = (out / "omniloop-seed0" / "config.yaml").read_text()
+    assert "frame_stack: 3" in config and "proprio: false" in config
+    from agent.episodes import read_episode
+
+    episode = read_episode(sorted((out / "omniloop-seed0" / "episodes").glob("*.mcap"))[0])
+    assert set(episode.steps[0].observation) == {"image"}
+    assert episode.steps[0].observation["image"].shape == (32, 32, 3)  # the file keeps the newest frame

@@ -1,5 +1,7 @@
 """Shapes through every head, MoE routing and balance, and a learner that learns."""
 
+import math
+
 import pytest
 import torch
 
@@ -88,6 +90,34 @@ def test_each_token_reaches_exactly_k_experts():
     assert torch.allclose(out, expected, atol=1e-5)
     assert moe.stats.load.sum().item() == pytest.approx(1.0)
     assert moe.stats.dropped == 0.0
+
+
+def test_over_capacity_the_latest_slots_of_a_busy_expert_are_dropped():
+    """With a capacity, each expert keeps the first C slots it was sent (in token order) and the rest
+    contribute nothing; kept slots still get exactly their expert's output."""
+    torch.manual_seed(1)
+    e, k, n = 4, 2, 40
+    moe = MoE(8, MoEConfig(num_experts=e, top_k=k, expert_hidden=8, capacity_factor=0.6))
+    with torch.no_grad():
+        moe.router.weight[0] += 1.0  # expert 0 is popular: it overflows
+    x = torch.rand(n, 8)
+    probs = torch.softmax(moe.router(x), -1)
+    gate, chosen = probs.topk(k, -1)
+    gate = gate / gate.sum(-1, keepdim=True)
+    capacity = math.ceil(0.6 * n * k / e)
+    expected, taken = torch.zeros_like(x), [0] * e
+    for t in range(n):
+        for slot in range(k):
+            ex = int(chosen[t, slot])
+            if taken[ex] < capacity:
+                taken[ex] += 1
+                h = torch.nn.functional.silu(x[t] @ moe.w1[ex] + moe.b1[ex])
+                expected[t] += gate[t, slot] * (h @ moe.w2[ex] + moe.b2[ex])
+    out = moe(x)
+    dropped = n * k - sum(taken)
+    assert dropped > 0
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert moe.stats.dropped == pytest.approx(dropped / (n * k))
 
 
 def test_top_1_routing_keeps_a_gradient_for_the_router():

@@ -36,6 +36,7 @@ class WorldModelConfig:
     dynamics_layers: int = 2  # MoE residual blocks in (z, a) -> z'
     head_hidden: int = 128  # reward, value and policy MLPs
     num_q: int = 5  # Q ensemble size
+    twohot: bool = True  # reward and Q as two-hot distributions (TD-MPC2); false: scalars with squared error
     bins: int = 101  # reward and Q are two-hot distributions over this many points ...
     symlog_min: float = -10.0  # ... spread evenly over [symlog_min, symlog_max] in symlog space
     symlog_max: float = 10.0
@@ -57,8 +58,8 @@ class LearnerConfig:
     discount: float = 0.9
     tau: float = 0.01  # target Q network's EMA rate
     consistency_coef: float = 20.0
-    reward_coef: float = 5.0  # MSE on rewards in [0, 1] is small: weigh it up so it shapes the latent
-    value_coef: float = 1.0
+    reward_coef: float = 0.1  # TD-MPC2's weights of the two-hot cross-entropies (scale-free across tasks)
+    value_coef: float = 0.1
     reconstruction_coef: float = 1.0
     entropy_coef: float = 1e-4
     reconstruct_samples: int = 32  # images decoded per update: enough to learn the decoder, cheap on a CPU

@@ -11,14 +11,16 @@ Per-step losses decay by rho^t along the rollout. Each sample is weighted by its
 from prioritized replay, and the step returns each sample's surprise to become its new priority.
 
 Health: a loss or gradient that is NaN or inf is not applied. The step is skipped and counted, a
-warning is logged, and the weights and optimizer states go back to the last snapshot whose weights
-were all finite (taken every `snapshot_every` updates), so a blow-up that began a few steps earlier
-is undone too. The returned priority is then None: the samples keep theirs.
+warning is logged, and the weights, optimizer states and Q scale go back to the last snapshot: taken
+when the learner starts, then after every `snapshot_every`-th update that went through cleanly
+(with all weights finite), so weights that drifted toward a blow-up since then are dropped too. The
+returned priority is then None: the samples keep theirs.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -79,7 +81,7 @@ class Learner:
         if not bool(torch.isfinite(torch.stack([p.abs().max() for p in params])).all()):
             return
         self.good = copy.deepcopy({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                                   "pi_optim": self.pi_optim.state_dict()})
+                                   "pi_optim": self.pi_optim.state_dict(), "q_scale": self.q_scale})
 
     def recover(self, what: str) -> dict[str, float | torch.Tensor]:
         """A non-finite loss or gradient: apply nothing and put the last good weights back."""
@@ -90,6 +92,7 @@ class Learner:
             self.model.load_state_dict(self.good["model"])
             self.optim.load_state_dict(self.good["optim"])
             self.pi_optim.load_state_dict(self.good["pi_optim"])
+            self.q_scale = self.good["q_scale"]
             self.restored += 1
         warnings.warn(f"learner update {self.updates}: non-finite {what}; the update was skipped"
                       + (" and the last good weights restored" if self.good is not None else ""), stacklevel=3)
@@ -123,8 +126,8 @@ class Learner:
         reward_logits = model.reward_logits(flat_z, flat_a).reshape(b, h, -1)
         q_logits = model.q_logits(flat_z, flat_a).reshape(-1, b, h, reward_logits.shape[-1])
         consistency = ((z_pred - z_next).pow(2).mean(-1) * decay).mean(1)  # (B,)
-        reward_loss = (model.twohot.loss(reward_logits, batch.reward) * decay).mean(1)
-        value_loss = (model.twohot.loss(q_logits, td_target.expand_as(q_logits[..., 0])).mean(0) * decay).mean(1)
+        reward_loss = (model.scalar_loss(reward_logits, batch.reward) * decay).mean(1)
+        value_loss = (model.scalar_loss(q_logits, td_target).mean(0) * decay).mean(1)
         per_sample = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
         loss = (per_sample * batch.weight).mean() + model.cfg.moe.balance_coef * model.balance_loss()
         recon = torch.zeros((), device=z.device)
@@ -134,7 +137,7 @@ class Learner:
             recon = F.mse_loss(model.decode(zs[0][:n]), newest.float() / 255.0)
             loss = loss + cfg.reconstruction_coef * recon
 
-        if self.good is None or self.updates % cfg.snapshot_every == 0:
+        if self.good is None:  # the weights this learner started from (fresh, or loaded)
             self.snapshot()
         if not torch.isfinite(loss):
             return self.recover("loss")
@@ -145,13 +148,15 @@ class Learner:
             return self.recover("gradient")
         self.optim.step()
         pi_loss, entropy = self.update_policy(z_roll.detach().reshape(b * h, -1), decay.repeat(b))
-        if pi_loss != pi_loss:  # NaN
-            return self.recover("policy loss")
+        if math.isnan(pi_loss):
+            return self.recover("policy loss or gradient")
         model.update_target(cfg.tau)
         self.updates += 1
+        if self.updates % cfg.snapshot_every == 0:  # only weights that have just learned without trouble
+            self.snapshot()
 
         with torch.no_grad():
-            reward_pred = model.twohot.decode(reward_logits[:, 0].detach())
+            reward_pred = model.scalar(reward_logits[:, 0].detach())
             first = surprise(z_pred[:, 0], z_next[:, 0], reward_pred, batch.reward[:, 0])["total"]
         return {
             "loss": float(loss.detach()), "consistency_loss": float(consistency.detach().mean()),
@@ -168,14 +173,18 @@ class Learner:
         action, entropy = model.policy_sample(z)
         q = model.q(z, action).mean(0)
         model.q_heads.requires_grad_(True)
-        with torch.no_grad():
-            self.q_scale += 0.01 * (float(q.abs().mean()) + 1e-2 - self.q_scale)
+        scale = float(q.detach().abs().mean())
+        if not math.isfinite(scale):
+            return float("nan"), float("nan")
+        self.q_scale += 0.01 * (scale + 1e-2 - self.q_scale)
         loss = -((q / self.q_scale + self.cfg.entropy_coef * entropy) * decay).mean()
         if not torch.isfinite(loss):
             return float("nan"), float("nan")
         self.pi_optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.policy_head.parameters(), self.cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.policy_head.parameters(), self.cfg.grad_clip)
+        if not torch.isfinite(norm):
+            return float("nan"), float("nan")
         self.pi_optim.step()
         self.pi_optim.zero_grad(set_to_none=True)  # so no stale gradient rides into the next update
         return float(loss.detach()), float(entropy.detach().mean())

@@ -7,7 +7,8 @@
     z --transposed convs--> image (the newest frame, if frames are stacked) decode(z)
 
 Reward and Q heads predict two-hot logits over bins in symlog space (worldmodel.twohot), so one
-set of loss weights serves tasks whose returns differ by orders of magnitude.
+set of loss weights serves tasks whose returns differ by orders of magnitude; with `twohot=False`
+they predict the scalar itself, trained with a squared error.
 
 z is a SimNorm latent (TD-MPC2): `latent_dim` numbers in groups of `simnorm_dim`, each group a
 softmax. It keeps the latent bounded, so long imagined rollouts cannot blow up.
@@ -52,7 +53,7 @@ def mlp(d_in: int, hidden: int, d_out: int, zero_last: bool = False) -> nn.Seque
         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
         nn.Linear(hidden, d_out),
     )
-    if zero_last:  # the head starts out predicting exactly 0
+    if zero_last:  # uniform logits: the head starts out predicting symexp(mean bin), 0 for a symmetric range
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
     return net
@@ -219,8 +220,9 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(spec, cfg)
         self.dynamics = Dynamics(action_dim, cfg)
         self.twohot = TwoHot(cfg.bins, cfg.symlog_min, cfg.symlog_max)
-        self.reward_head = mlp(z + a, h, cfg.bins, zero_last=True)
-        self.q_heads = QEnsemble(z + a, h, cfg.num_q, cfg.bins)
+        out = cfg.bins if cfg.twohot else 1
+        self.reward_head = mlp(z + a, h, out, zero_last=True)
+        self.q_heads = QEnsemble(z + a, h, cfg.num_q, out)
         self.target_q = copy.deepcopy(self.q_heads).requires_grad_(False)
         self.policy_head = mlp(z, h, 2 * a)
         self.decoder = Decoder(z, spec["image"][0], cfg.image_grid) if "image" in spec else None
@@ -234,21 +236,31 @@ class WorldModel(nn.Module):
         return self.dynamics(z, a)
 
     def reward_logits(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(B, Z), (B, A) -> two-hot logits of the reward (B, bins)."""
+        """(B, Z), (B, A) -> the reward head's output (B, bins): two-hot logits, or (B, 1) the scalar."""
         return self.reward_head(torch.cat([z, a], -1))
+
+    def scalar(self, out: torch.Tensor) -> torch.Tensor:
+        """A reward or Q head's output (..., bins or 1) -> the scalar it predicts (...)."""
+        return self.twohot.decode(out) if self.cfg.twohot else out.squeeze(-1)
 
     def reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(B, Z), (B, A) -> predicted reward (B,)."""
-        return self.twohot.decode(self.reward_logits(z, a))
+        return self.scalar(self.reward_logits(z, a))
 
     def q_logits(self, z: torch.Tensor, a: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """(B, Z), (B, A) -> every head's two-hot logits of Q (Q, B, bins)."""
+        """(B, Z), (B, A) -> every Q head's output (Q, B, bins), as for the reward."""
         heads = self.target_q if target else self.q_heads
         return heads(torch.cat([z, a], -1))
 
     def q(self, z: torch.Tensor, a: torch.Tensor, target: bool = False) -> torch.Tensor:
         """(B, Z), (B, A) -> every head's Q (Q, B)."""
-        return self.twohot.decode(self.q_logits(z, a, target))
+        return self.scalar(self.q_logits(z, a, target))
+
+    def scalar_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of head outputs (..., bins or 1) against scalar targets broadcast to (...)."""
+        if self.cfg.twohot:
+            return self.twohot.cross_entropy(out, self.twohot.encode(target))
+        return (out.squeeze(-1) - target).pow(2)
 
     def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(B, Z), (B, A) -> the ensemble's mean Q (B,)."""

@@ -3,8 +3,10 @@
 Tokens arrive flat, (N, d). A linear router scores every expert; each token goes to its top-k
 experts, and their outputs are summed with the router weights, renormalized over the k (for k > 1).
 Only the chosen experts run: tokens are laid out per expert in one padded buffer, pushed through all
-experts by two batched matmuls, and scattered back with `index_add_`. No Python loop over experts,
-and no expert computes a token it was not given (but for the padding up to the busiest expert's load).
+experts by two batched matmuls, and scattered back with `index_add_`. No Python loop over experts.
+The buffer is padded to the busiest expert's load, so the work is E x that load: about N*k when the
+router is balanced (the balance loss keeps it so), up to E/k times more if routing collapses, which
+`capacity_factor` can bound by dropping the overflow.
 
 Balance: the Switch Transformer loss E * sum_e f_e * P_e, where f_e is the share of routed slots that
 go to expert e and P_e the mean router probability of e. It is smallest when both are uniform.
@@ -73,15 +75,15 @@ class MoE(nn.Module):
         rank = torch.arange(n * k, device=x.device) - first.index_select(0, sorted_expert)
         limit = math.ceil(self.cfg.capacity_factor * n * k / e) if self.cfg.capacity_factor > 0 else n * k
         c = min(int(counts.max()), limit)
-        if c < n * k and c < int(counts.max()):  # over capacity: the latest slots of a busy expert drop
+        if c < int(counts.max()):  # over capacity: the latest slots of a busy expert drop
             kept = rank < c
             order, sorted_expert, rank = order[kept], sorted_expert[kept], rank[kept]
         row = sorted_expert * c + rank  # each slot's row in the (E * C) buffer
         token = order // k
 
         buf = x.new_zeros(e * c, shape[-1]).index_copy_(0, row, x.index_select(0, token))
-        h = F.silu(torch.baddbmm(self.b1[:, None], buf.view(e, c, -1), self.w1))
-        y = torch.baddbmm(self.b2[:, None], h, self.w2).view(e * c, -1)
+        h = F.silu(torch.baddbmm(self.b1[:, None], buf.view(e, c, shape[-1]), self.w1))
+        y = torch.baddbmm(self.b2[:, None], h, self.w2).view(e * c, shape[-1])
         weighted = y.index_select(0, row) * gate.reshape(-1).index_select(0, order)[:, None]
         out = torch.zeros_like(x).index_add_(0, token, weighted)
 

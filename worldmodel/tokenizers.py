@@ -41,12 +41,12 @@ class ImageTokenizer(nn.Module):
         if size % grid or factor < 4 or factor & (factor - 1):
             raise ValueError(f"image size {size} must be the image grid {grid} times a power of two >= 4")
         strides = [4] + [2] * (int(math.log2(factor)) - 2)
-        channels = [channels] + [min(d, 16 * 2**i) for i in range(len(strides))]
+        widths = [channels] + [min(d, 16 * 2**i) for i in range(len(strides))]
         layers: list[nn.Module] = []
-        for c_in, c_out, s in zip(channels[:-1], channels[1:], strides):
+        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides):
             layers += [nn.Conv2d(c_in, c_out, s, stride=s), nn.GELU()]
         self.stem = nn.Sequential(*layers)
-        self.proj = nn.Linear(channels[-1], d)
+        self.proj = nn.Linear(widths[-1], d)
         self.pos = nn.Parameter(torch.zeros(grid * grid, d))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
