@@ -179,7 +179,7 @@ class Brain:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.learner.updates = meta["learner"]["updates"]
         self.learner.skipped = meta["learner"]["skipped"]
-        self.learner.restored = meta["learner"]["restored"]
+        self.learner.restored = meta["learner"].get("restored", 0)  # absent from checkpoints before it was counted
         self.learner.q_scale = meta["learner"]["q_scale"]
         self.deliberation.surprise_mean = meta["deliberation"]["surprise_mean"]
         self.deliberation.uncertainty_mean = meta["deliberation"]["uncertainty_mean"]

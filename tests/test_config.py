@@ -68,6 +68,8 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     ("run.device=gpu", "run.device"),
     ("env.name=mujoco:ant", "env.name"),
     ("env.image_size=48", "env.image_size"),
+    ("env.frame_stack=0", "env.frame_stack"),
+    ("learner.snapshot_every=0", "learner.snapshot_every"),
 ])
 def test_values_that_cannot_work_are_refused_by_name(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -81,3 +83,12 @@ def test_named_options_are_taken_as_typed_values(tmp_path):
     cfg, run_dir = sim_config(args)
     assert run_dir == tmp_path / "2024" and cfg.run.out == str(tmp_path / "2024")  # a numeric name stays a path
     assert cfg.run.steps == 7 and cfg.planner.horizon == 4
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["env.name=dmc:reacher-easy", "env.pixels=false", "env.frame_stack=3"], "env.frame_stack"),
+    (["env.name=dmc:reacher-easy", "env.pixels=false", "env.proprio=false"], "env.proprio"),
+])
+def test_observation_options_that_leave_nothing_to_see_are_refused(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, overrides)
