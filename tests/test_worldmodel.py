@@ -120,6 +120,22 @@ def test_over_capacity_the_latest_slots_of_a_busy_expert_are_dropped():
     assert moe.stats.dropped == pytest.approx(dropped / (n * k))
 
 
+def test_a_capacity_no_expert_reaches_gives_the_same_output_and_gradients():
+    """The fixed-capacity buffer (sync-free) and the busiest-expert buffer compute the same layer."""
+    torch.manual_seed(2)
+    free = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    fixed = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8, capacity_factor=4.0))
+    fixed.load_state_dict(free.state_dict())
+    x = torch.randn(50, 8)
+    out_free, out_fixed = free(x), fixed(x)
+    assert torch.allclose(out_free, out_fixed, atol=1e-6)
+    out_free.square().sum().backward()
+    out_fixed.square().sum().backward()
+    for a, b in zip(free.parameters(), fixed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    assert fixed.stats.dropped == 0.0
+
+
 def test_top_1_routing_keeps_a_gradient_for_the_router():
     torch.manual_seed(0)
     moe = MoE(8, MoEConfig(num_experts=4, top_k=1, expert_hidden=8))

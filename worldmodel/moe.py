@@ -4,9 +4,11 @@ Tokens arrive flat, (N, d). A linear router scores every expert; each token goes
 experts, and their outputs are summed with the router weights, renormalized over the k (for k > 1).
 Only the chosen experts run: tokens are laid out per expert in one padded buffer, pushed through all
 experts by two batched matmuls, and scattered back with `index_add_`. No Python loop over experts.
-The buffer is padded to the busiest expert's load, so the work is E x that load: about N*k when the
-router is balanced (the balance loss keeps it so), up to E/k times more if routing collapses, which
-`capacity_factor` can bound by dropping the overflow.
+By default the buffer is padded to the busiest expert's load, so the work is E x that load: about N*k
+when the router is balanced (the balance loss keeps it so), up to E/k times more if routing
+collapses. A `capacity_factor` fixes the buffer at cf * N*k/E rows per expert instead and drops the
+overflow: the work is then bounded, and the layer never reads a count back to the host, which on a
+GPU is what an MoE call spends most of its time waiting for.
 
 Balance: the Switch Transformer loss E * sum_e f_e * P_e, where f_e is the share of routed slots that
 go to expert e and P_e the mean router probability of e. It is smallest when both are uniform.
@@ -67,28 +69,36 @@ class MoE(nn.Module):
 
         # Dispatch without a Python loop over experts: sort the N*k routed slots by expert, give each
         # its rank within its expert, and lay them out in an (E, C, d) buffer that two batched
-        # matmuls run through. C is the busiest expert's load (or the capacity, if that is lower).
+        # matmuls run through. C is the busiest expert's load, or the fixed capacity.
         flat_expert = expert.reshape(-1)  # (N*k,) slot -> expert
         sorted_expert, order = flat_expert.sort(stable=True)
         counts = torch.bincount(flat_expert, minlength=e)  # (E,)
         first = torch.cumsum(counts, 0) - counts  # where each expert's run starts in the sorted slots
         rank = torch.arange(n * k, device=x.device) - first.index_select(0, sorted_expert)
-        limit = math.ceil(self.cfg.capacity_factor * n * k / e) if self.cfg.capacity_factor > 0 else n * k
-        c = min(int(counts.max()), limit)
-        if c < int(counts.max()):  # over capacity: the latest slots of a busy expert drop
+        if self.cfg.capacity_factor > 0:
+            # A fixed buffer: its size never depends on the routing, so nothing is read back to the
+            # host (on a GPU that sync costs more than the experts). Overflow slots drop to a spare row.
+            c = math.ceil(self.cfg.capacity_factor * n * k / e)
             kept = rank < c
-            order, sorted_expert, rank = order[kept], sorted_expert[kept], rank[kept]
-        row = sorted_expert * c + rank  # each slot's row in the (E * C) buffer
+            row = torch.where(kept, sorted_expert * c + rank, e * c)
+        else:  # the buffer fits the busiest expert, so no slot ever drops
+            c = int(counts.max())
+            kept = None
+            row = sorted_expert * c + rank  # each slot's row in the (E * C) buffer
         token = order // k
 
-        buf = x.new_zeros(e * c, shape[-1]).index_copy_(0, row, x.index_select(0, token))
-        h = F.silu(torch.baddbmm(self.b1[:, None], buf.view(e, c, shape[-1]), self.w1))
+        buf = x.new_zeros(e * c + 1, shape[-1]).index_copy_(0, row, x.index_select(0, token))
+        h = F.silu(torch.baddbmm(self.b1[:, None], buf[:-1].view(e, c, shape[-1]), self.w1))
         y = torch.baddbmm(self.b2[:, None], h, self.w2).view(e * c, shape[-1])
-        weighted = y.index_select(0, row) * gate.reshape(-1).index_select(0, order)[:, None]
+        slot_gate = gate.reshape(-1).index_select(0, order)
+        if kept is not None:
+            slot_gate = slot_gate * kept
+            y = torch.cat([y, y.new_zeros(1, shape[-1])])  # the spare row's output, weighted 0
+        weighted = y.index_select(0, row) * slot_gate[:, None]
         out = torch.zeros_like(x).index_add_(0, token, weighted)
 
         if torch.is_grad_enabled():  # statistics are for training and its logs, not for planning
-            dropped = int((counts - c).clamp_min(0).sum())
+            dropped = int((counts - c).clamp_min(0).sum())  # a host sync, in training only
             load = counts.float() / max(1, n * k)
             balance = e * (load * probs.mean(0)).sum()
             entropy = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
