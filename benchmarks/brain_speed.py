@@ -1,10 +1,12 @@
 """What one decision and one learner step of the agent cost, on every device this machine has, and
 for its MoE world model beside the dense twin with the same active parameters, side by side in one
 run. No simulator is needed: observations are random, shaped like the reach task's (64x64x3 image,
-8 proprio, 800 audio samples, 2 actions), or with --state N like a dm_control task's state.
+8 proprio, 800 audio samples, 2 actions), or like a dm_control task's observation: --state N for
+its state vector, --pixels K for K stacked 64x64 frames.
 
     python benchmarks/brain_speed.py                                        # the default config
     python benchmarks/brain_speed.py --config configs/dmc.yaml --state 6    # reacher-easy from state
+    python benchmarks/brain_speed.py --config configs/dmc.yaml --pixels 3   # ... from 3 stacked frames
     python benchmarks/brain_speed.py planner.samples=512                    # any override
 
 Prints, per device and model: ms per plan (MPPI at the configured search size), ms per learner
@@ -66,10 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--state", type=int, metavar="N", help="observe only an N-dim state vector (dm_control)")
+    observed = parser.add_mutually_exclusive_group()
+    observed.add_argument("--state", type=int, metavar="N", help="observe only an N-dim state vector (dm_control)")
+    observed.add_argument("--pixels", type=int, metavar="K", help="observe only K stacked 64x64 RGB frames")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
-    spec = {"proprio": ((args.state,), "float32")} if args.state else REACH_SPEC
+    spec = REACH_SPEC
+    if args.state:
+        spec = {"proprio": ((args.state,), "float32")}
+    elif args.pixels:
+        spec = {"image": ((64, 64, 3 * args.pixels), "uint8")}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:

@@ -9,6 +9,7 @@ from worldmodel.config import LearnerConfig, MoEConfig, WorldModelConfig
 from worldmodel.learner import Batch, Learner
 from worldmodel.model import WorldModel
 from worldmodel.moe import MoE, balance_loss, make_ffn, reset_router_stats
+from worldmodel.tokenizers import ImageTokenizer
 
 SPEC = {"image": (64, 64, 3), "proprio": (8,), "audio": (800,), "instruction": (32,)}
 
@@ -68,6 +69,24 @@ def test_state_only_observations_build_a_model_without_decoder():
 def test_unknown_observation_key_is_named():
     with pytest.raises(ValueError, match="lidar"):
         WorldModel({"lidar": (100,)}, 1, small_config())
+
+
+def test_image_patch_matmul_equals_the_conv_on_scaled_pixels(monkeypatch):
+    """The first conv runs as a chunked patch matmul on uint8 pixels: same output and weight gradients."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(ImageTokenizer, "CHUNK_BYTES", 3 * 16 * 16 * 6 * 4)  # 3 images a chunk: 7 -> 3 + 3 + 1
+    tok = ImageTokenizer(16, 2, 32, channels=6)
+    image = torch.randint(0, 256, (7, 16, 16, 6), dtype=torch.uint8)
+    ours = tok(image)
+    ours.square().sum().backward()
+    grads = [p.grad.clone() for p in tok.parameters()]
+    tok.zero_grad()
+    x = tok.stem(image.permute(0, 3, 1, 2).float() / 255.0 - 0.5)
+    ref = tok.proj(x.flatten(2).transpose(1, 2)) + tok.pos
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours, ref)
+    for g, p in zip(grads, tok.parameters()):
+        torch.testing.assert_close(g, p.grad)
 
 
 def test_each_token_reaches_exactly_k_experts():

@@ -35,6 +35,8 @@ class ImageTokenizer(nn.Module):
     """Non-overlapping strided convs (a 4x4 patchify, then 2x2 merges): 15x cheaper on a CPU than
     overlapping 4x4 convs of stride 2, at the same output grid."""
 
+    CHUNK_BYTES = 16 << 20  # float pixels per matmul: under glibc's 32 MiB mmap threshold, so reused
+
     def __init__(self, size: int, grid: int, d: int, channels: int = 3):
         super().__init__()
         factor = size // grid
@@ -49,11 +51,32 @@ class ImageTokenizer(nn.Module):
         self.proj = nn.Linear(widths[-1], d)
         self.pos = nn.Parameter(torch.zeros(grid * grid, d))
 
+    def patchify(self, image: torch.Tensor) -> torch.Tensor:
+        """The first 4x4 conv of stride 4 on (B, H, W, C) uint8 pixels scaled to [-0.5, 0.5] -> (B, c, H/4, W/4).
+
+        Written as one matmul over 4x4 patches, with the scaling folded into its weights: the
+        pixels are rearranged as uint8 and turned into floats once. A conv on the scaled image
+        makes four full-size float copies, half of a pixel update's time on a CPU.
+        """
+        conv = self.stem[0]
+        b, h, w, c = image.shape
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 16 * c)  # (out, 4*4*C) as patches are
+        bias = conv.bias - 0.5 * weight.sum(1)
+        weight = weight / 255.0
+
+        def patch_matmul(chunk: torch.Tensor) -> torch.Tensor:
+            n = chunk.shape[0]
+            patches = chunk.reshape(n, h // 4, 4, w // 4, 4, c).transpose(2, 3).reshape(n, h // 4, w // 4, 16 * c)
+            return F.linear(patches.float(), weight, bias)  # (n, H/4, W/4, out)
+
+        rows = max(1, self.CHUNK_BYTES // (4 * image[0].numel()))
+        out = torch.cat([patch_matmul(chunk) for chunk in image.split(rows)])
+        return out.permute(0, 3, 1, 2)  # (B, out, H/4, W/4)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) uint8 -> (B, grid^2, d); C is 3, or 3k for k stacked frames."""
-        x = image.permute(0, 3, 1, 2).contiguous().float() / 255.0 - 0.5
-        x = self.stem(x).flatten(2).transpose(1, 2)
-        return self.proj(x) + self.pos
+        x = self.stem[1:](self.patchify(image))
+        return self.proj(x.flatten(2).transpose(1, 2)) + self.pos
 
 
 class VectorTokenizer(nn.Module):
