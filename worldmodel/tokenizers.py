@@ -35,7 +35,7 @@ class ImageTokenizer(nn.Module):
     """Non-overlapping strided convs (a 4x4 patchify, then 2x2 merges): 15x cheaper on a CPU than
     overlapping 4x4 convs of stride 2, at the same output grid."""
 
-    CHUNK_BYTES = 16 << 20  # float pixels per matmul: under glibc's 32 MiB mmap threshold, so reused
+    CHUNK_BYTES = 16 << 20  # float pixels per matmul on a CPU: under glibc's 32 MiB mmap threshold, so reused
 
     def __init__(self, size: int, grid: int, d: int, channels: int = 3):
         super().__init__()
@@ -69,7 +69,7 @@ class ImageTokenizer(nn.Module):
             patches = chunk.reshape(n, h // 4, 4, w // 4, 4, c).transpose(2, 3).reshape(n, h // 4, w // 4, 16 * c)
             return F.linear(patches.float(), weight, bias)  # (n, H/4, W/4, out)
 
-        rows = max(1, self.CHUNK_BYTES // (4 * image[0].numel()))
+        rows = len(image) if image.is_cuda else max(1, self.CHUNK_BYTES // (4 * image[0].numel()))
         out = torch.cat([patch_matmul(chunk) for chunk in image.split(rows)])
         return out.permute(0, 3, 1, 2)  # (B, out, H/4, W/4)
 
