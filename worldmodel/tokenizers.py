@@ -59,7 +59,7 @@ class ImageTokenizer(nn.Module):
         makes four full-size float copies, half of a pixel update's time on a CPU.
         """
         conv = self.stem[0]
-        b, h, w, c = image.shape
+        _, h, w, c = image.shape
         weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 16 * c)  # (out, 4*4*C) as patches are
         bias = conv.bias - 0.5 * weight.sum(1)
         weight = weight / 255.0
