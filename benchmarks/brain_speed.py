@@ -73,6 +73,9 @@ def main() -> None:
     observed.add_argument("--pixels", type=int, metavar="K", help="observe only K stacked 64x64 RGB frames")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    for flag in ("state", "pixels"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     spec = REACH_SPEC
     if args.state:
         spec = {"proprio": ((args.state,), "float32")}
