@@ -1,55 +1,112 @@
-"""The `omniloop` command. One verb per use; `omniloop VERB --help` lists each verb's options."""
+"""The `omniloop` command. One verb per use; `omniloop VERB --help` lists each verb's options.
+
+    omniloop sim            the agent in a simulated body: it plans, acts and learns online
+    omniloop robot          the same loop, driving a robot through `omniloop robot-server`
+    omniloop robot-server   serve a robot (a driver, its sensors, safety) to one agent over ZeroMQ
+    omniloop keys generate  CURVE key pairs for the bridge
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 import time
 from pathlib import Path
 
-from agent.config import Config, ConfigError, load_config, validate
+from agent.config import Config, ConfigError, from_dict, load_config, parse_override, set_dotted, validate
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+ROBOT_CONFIG = CONFIGS / "robot.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omniloop", description=__doc__)
+    parser = argparse.ArgumentParser(prog="omniloop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
     simp = verbs.add_parser("sim", help="run the agent in simulation: it plans, acts and learns online",
                             description="Run the agent in a simulated body. It plans with its world model, acts, "
                                         "and learns online from its own prediction errors. Writes a run folder.")
-    simp.add_argument("--config", type=Path, default=None,
-                      help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})")
+    add_run_options(simp, DEFAULT_CONFIG)
     simp.add_argument("--env", help="body: reach | gym:ID (e.g. gym:InvertedPendulum-v5) | dmc:DOMAIN-TASK "
                                     "(e.g. dmc:reacher-easy); sets env.name")
-    simp.add_argument("--steps", type=int, help="environment steps in total; sets run.steps")
-    simp.add_argument("--seed", type=int, help="sets run.seed")
-    simp.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>); sets run.out")
-    simp.add_argument("--device", choices=["cpu", "cuda"], help="sets run.device")
-    simp.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                      help="continue the run in RUN_DIR from its checkpoint, with its saved config "
-                           "(options and overrides given here still apply, e.g. a larger --steps)")
-    simp.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    simp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                      help="set any config field, e.g. planner.horizon=5 learner.batch_size=64")
+
+    robot = verbs.add_parser("robot", help="run the agent loop on a robot served by `omniloop robot-server`",
+                             description="Run the agent loop against a remote robot: the same loop and run folder "
+                                         "as `omniloop sim`, with reward from the config's objective.")
+    add_run_options(robot, ROBOT_CONFIG)
+    robot.add_argument("--connect", metavar="ENDPOINT", help="the server, e.g. tcp://robot.local:5555; sets bridge.connect")
+    robot.add_argument("--server-key", metavar="FILE", help="the server's public key (server.key); turns CURVE on")
+    robot.add_argument("--client-key", metavar="FILE",
+                       help="this agent's secret key (default: client.key_secret beside --server-key)")
+    robot.add_argument("--clear-fault", action="store_true", help="re-arm a robot whose fault is latched")
+
+    server = verbs.add_parser("robot-server", help="serve a robot to one agent over ZeroMQ, with safety",
+                              description="Run a robot's driver at its control rate and serve it to one agent. "
+                                          "Safety (watchdog, limits, latched faults) lives here, not in the agent.")
+    server.add_argument("--driver", help="sim, or a driver class as module:Class; sets driver")
+    server.add_argument("--bind", metavar="ENDPOINT", help="default tcp://127.0.0.1:5555; sets bind")
+    server.add_argument("--keys", type=Path, metavar="DIR", help="CURVE keys from `omniloop keys generate DIR`")
+    server.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without keys")
+    server.add_argument("--lockstep", action="store_true", help="tick as soon as a command arrives (benchmarks)")
+    server.add_argument("--log", type=Path, metavar="FILE",
+                        help="JSON-lines log of every command and applied action (default runs/robot-server/<time>.jsonl)")
+    server.add_argument("--config", type=Path, help="YAML server config (driver, driver_options, camera, microphone, safety)")
+    server.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="set any server config field, e.g. driver_options.task=reach safety.max_delta=0.2")
+
+    keys = verbs.add_parser("keys", help="CURVE keys for the bridge")
+    keys_verbs = keys.add_subparsers(dest="keys_verb", required=True)
+    gen = keys_verbs.add_parser("generate", help="a server key pair and a client key pair, with the client allowed")
+    gen.add_argument("dir", type=Path)
+    gen.add_argument("--client", default="client", help="the client pair's name (a second agent gets its own)")
     return parser
 
 
-def sim_config(args: argparse.Namespace) -> tuple[Config, Path]:
+def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"YAML config (default: {default_config.relative_to(default_config.parents[1])})")
+    p.add_argument("--steps", type=int, help="environment steps in total; sets run.steps")
+    p.add_argument("--seed", type=int, help="sets run.seed")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>); sets run.out")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="sets run.device")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint, with its saved config "
+                        "(options and overrides given here still apply, e.g. a larger --steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="set any config field, e.g. planner.horizon=5 learner.batch_size=64")
+    p.set_defaults(default_config=default_config)
+
+
+def run_config(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The config of `omniloop sim` or `omniloop robot`: file, overrides, then the named options."""
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run folder")
         cfg = load_config(args.config or saved, args.overrides)
     else:
-        path = args.config if args.config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-        cfg = load_config(path, args.overrides)
+        default = args.default_config
+        cfg = load_config(args.config if args.config is not None else (default if default.is_file() else None),
+                          args.overrides)
     # the named options win over the file and the overrides; they are typed already, so set them as they are
-    for option, section, name in (("env", cfg.env, "name"), ("steps", cfg.run, "steps"), ("seed", cfg.run, "seed"),
-                                  ("device", cfg.run, "device"), ("out", cfg.run, "out")):
+    named = [("steps", cfg.run, "steps"), ("seed", cfg.run, "seed"), ("device", cfg.run, "device"), ("out", cfg.run, "out")]
+    if args.verb == "sim":
+        named.append(("env", cfg.env, "name"))
+    else:
+        named += [("connect", cfg.bridge, "connect"), ("server_key", cfg.bridge, "server_key"),
+                  ("client_key", cfg.bridge, "client_key")]
+        if args.server_key and not args.client_key:
+            cfg.bridge.client_key = str(Path(args.server_key).with_name("client.key_secret"))
+        if args.clear_fault:
+            cfg.bridge.clear_fault = True
+    for option, section, name in named:
         value = getattr(args, option)
         if value is not None:
-            setattr(section, name, str(value) if option == "out" else value)
+            setattr(section, name, str(value) if option in ("out", "server_key", "client_key") else value)
     if args.resume is not None:
         cfg.run.out = str(args.resume)
     elif not cfg.run.out:
@@ -60,33 +117,134 @@ def sim_config(args: argparse.Namespace) -> tuple[Config, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verb == "sim":
-        try:
-            cfg, run_dir = sim_config(args)
-        except ConfigError as exc:
-            print(f"omniloop sim: error: {exc}", file=sys.stderr)
-            return 2
-        from agent.checkpoint import CheckpointError  # torch and MuJoCo load only once the config is good
-        from agent.loop import run
-
-        if args.resume is not None and not (run_dir / "checkpoint.safetensors").is_file():
-            print(f"omniloop sim: error: --resume {run_dir}: no checkpoint.safetensors there", file=sys.stderr)
-            return 2
-        print(f"run folder: {run_dir}")
-        try:
-            rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress)
-        except (ConfigError, FileExistsError, CheckpointError) as exc:
-            print(f"omniloop sim: error: {exc}", file=sys.stderr)
-            return 2
-        if rows:
-            tail = rows[-10:]
-            ret = sum(r["return"] for r in tail) / len(tail)
-            ok = [r["success"] for r in tail if "success" in r]
-            success = f", success {sum(ok) / len(ok):.0%}" if ok else ""
-            print(f"done: {rows[-1]['env_step']} env steps; last {len(tail)} episodes: "
-                  f"return {ret:.2f}{success}. Results in {run_dir}")
-        return 0
+    if args.verb in ("sim", "robot"):
+        return run_agent(args)
+    if args.verb == "robot-server":
+        return robot_server(args)
+    if args.verb == "keys":
+        return generate_keys(args)
     return 2
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    verb = f"omniloop {args.verb}"
+    try:
+        cfg, run_dir = run_config(args)
+    except ConfigError as exc:
+        print(f"{verb}: error: {exc}", file=sys.stderr)
+        return 2
+    from agent.checkpoint import CheckpointError  # torch and MuJoCo load only once the config is good
+    from agent.loop import run
+    from robot_bridge.client import RobotFault
+
+    if args.resume is not None and not (run_dir / "checkpoint.safetensors").is_file():
+        print(f"{verb}: error: --resume {run_dir}: no checkpoint.safetensors there", file=sys.stderr)
+        return 2
+    print(f"run folder: {run_dir}")
+    try:
+        rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress, body=args.verb)
+    except (ConfigError, FileExistsError, CheckpointError) as exc:
+        print(f"{verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, RobotFault, FileNotFoundError) as exc:  # the robot, its link or its keys
+        print(f"{verb}: error: {exc}", file=sys.stderr)
+        return 1
+    if rows:
+        tail = rows[-10:]
+        ret = sum(r["return"] for r in tail) / len(tail)
+        ok = [r["success"] for r in tail if "success" in r]
+        success = f", success {sum(ok) / len(ok):.0%}" if ok else ""
+        print(f"done: {rows[-1]['env_step']} env steps; last {len(tail)} episodes: "
+              f"return {ret:.2f}{success}. Results in {run_dir}")
+    return 0
+
+
+def server_config(args: argparse.Namespace):
+    import yaml
+
+    from robot_bridge.server import ServerConfig
+
+    data = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise ConfigError(f"server config file not found: {args.config}")
+        try:
+            data = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"server config {args.config} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"server config {args.config} must hold a mapping at the top")
+    for item in args.overrides:
+        set_dotted(data, *parse_override(item))
+    cfg = from_dict(ServerConfig, data)
+    for option in ("driver", "bind"):
+        if getattr(args, option) is not None:
+            setattr(cfg, option, getattr(args, option))
+    if args.keys is not None:
+        cfg.keys = str(args.keys)
+    cfg.insecure = cfg.insecure or args.insecure
+    cfg.lockstep = cfg.lockstep or args.lockstep
+    if args.log is not None:
+        cfg.log = str(args.log)
+    elif not cfg.log:
+        cfg.log = str(Path("runs") / "robot-server" / f"{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    try:
+        cfg.safety.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+def robot_server(args: argparse.Namespace) -> int:
+    from robot_bridge.driver import DriverError
+    from robot_bridge.drivers import build_driver
+    from robot_bridge.server import BindRefused, RobotServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = server_config(args)
+        driver = build_driver(cfg)
+        server = RobotServer(driver, cfg)
+    except (ConfigError, DriverError, BindRefused, FileNotFoundError, ValueError) as exc:
+        print(f"omniloop robot-server: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server.open()
+    except DriverError as exc:
+        server.close()
+        print(f"omniloop robot-server: error: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop_event.set())
+    spec = server.spec
+    print(f"serving {spec.name} at {server.endpoint}: {spec.control_hz:g} Hz, observation "
+          f"{ {k: list(f.shape) for k, f in spec.observation.items()} }, action {spec.action_dim}-d, "
+          f"{'CURVE' if cfg.keys else 'no encryption'}, {server.mode}; log {cfg.log}", flush=True)
+    try:
+        server.serve()
+    except DriverError as exc:
+        print(f"omniloop robot-server: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.close()
+    status = server.status()
+    print(f"stopped after {status['tick']} ticks; commands {status['counts'].get('commands', 0)}, "
+          f"dropped {sum(status['drops'].values())} {status['drops'] or ''}")
+    return 0
+
+
+def generate_keys(args: argparse.Namespace) -> int:
+    from robot_bridge.keys import generate
+
+    try:
+        made = generate(args.dir, args.client)
+    except (FileExistsError, RuntimeError) as exc:
+        print(f"omniloop keys: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"server public key: {made['server']} (give it to every agent: --server-key)\n"
+          f"client key pair:   {made[args.client]} and its .key_secret (the agent's: --client-key)\n"
+          f"allow-list:        {args.dir / 'authorized_clients'} (the server's: --keys {args.dir})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import yaml
 from planner.config import DeliberationConfig, PlannerConfig
 from sim.config import EnvConfig
 from agent.memory import MemoryConfig
+from agent.objectives import ObjectiveConfig
+from robot_bridge.client import BridgeConfig
 from worldmodel.config import LearnerConfig, WorldModelConfig
 
 
@@ -51,6 +53,8 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     deliberation: DeliberationConfig = field(default_factory=DeliberationConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # where reward comes from on a robot
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)  # how `omniloop robot` reaches the robot
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -111,6 +115,11 @@ def validate(cfg: Config) -> None:
          f"planner.elites must be in [1, planner.samples={cfg.planner.samples}], got {cfg.planner.elites}")
     need(0.0 <= cfg.planner.policy_fraction < 1.0,
          f"planner.policy_fraction must be in [0, 1), got {cfg.planner.policy_fraction}")
+    for section in (cfg.objective, cfg.bridge):
+        try:
+            section.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     need(cfg.memory.capacity > cfg.learner.horizon,
          f"memory.capacity must exceed learner.horizon ({cfg.learner.horizon}), got {cfg.memory.capacity}")
 
@@ -172,6 +181,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path} must be a list, got {value!r}")

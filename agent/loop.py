@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 import sim
+from agent.body import fit_deadline, make_body
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
-from agent.config import Config, ConfigError, save_config
+from agent.config import Config, save_config
 from agent.episodes import EpisodeWriter, StepRecord
 from agent.metrics import MetricsLog
 from agent.plots import plot_health, plot_learning_curve
@@ -31,6 +32,7 @@ from agent.progress import Progress
 from agent.video import write_side_by_side
 
 CHECKPOINT = "checkpoint.safetensors"
+MAX_STALE_STREAK = 100  # stale observations in a row before the run stops: the link is not working
 
 
 @dataclass
@@ -58,19 +60,19 @@ def code_version() -> str:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True,
-        after_episode: Callable[[Brain, int], None] | None = None) -> list[dict]:
+        after_episode: Callable[[Brain, int], None] | None = None, body: str = "sim") -> list[dict]:
     """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir.
 
-    `after_episode(brain, env_step)` runs between episodes (a benchmark evaluates there)."""
+    `body` is "sim" or "robot" (agent/body.py). `after_episode(brain, env_step)` runs between
+    episodes (a benchmark evaluates there)."""
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
     if not resume and (run_dir / "metrics.csv").exists():
         raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume, or choose another --out")
-    try:  # the body first: a task that cannot be built leaves no run folder behind
-        env = sim.make(cfg.env, seed=cfg.run.seed)
-    except ValueError as exc:
-        raise ConfigError(f"env.name: {exc}") from None
+    env, body_name = make_body(cfg, body)  # the body first: one that cannot be built leaves no run folder
+    if body == "robot":
+        fit_deadline(cfg, sim.control_period(env))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
@@ -86,7 +88,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
     try:
         with Progress(cfg.run.steps, counters.env_step, enabled=show_progress) as progress:
             while counters.env_step < cfg.run.steps:
-                last = run_episode(env, brain, cfg, run_dir, counters, progress)
+                last = run_episode(env, brain, cfg, run_dir, counters, progress, body_name)
                 metrics.append(last.row)
                 rows.append(last.row)
                 progress.episode_done(last.row)
@@ -102,9 +104,10 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
     return rows
 
 
-def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counters, progress: Progress) -> EpisodeResult:
+def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counters, progress: Progress,
+                body_name: str) -> EpisodeResult:
     seed = cfg.run.seed * 100_003 + counters.episode  # a fresh, reproducible start for every episode
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
     brain.deliberation.new_episode()
     o = brain.prepare(obs)
     z = brain.encode(o)
@@ -113,22 +116,42 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     imagined = [brain.imagine_frame(z)] if keep_frames else []
     averages = Averages()
     ret, success, t, start, done = 0.0, None, 0, time.perf_counter(), False
-    writer = open_writer(env, cfg, run_dir, counters.episode, seed) if cfg.run.record_episodes else None
+    stale_streak = stale_holds = 0
+    writer = open_writer(env, cfg, run_dir, counters.episode, seed, body_name) if cfg.run.record_episodes else None
     try:
         while not done and counters.env_step < cfg.run.steps:
+            if info.get("stale"):
+                # a robot's observation came too late to act on: hold the robot instead of planning on
+                # it, and go on from the next fresh one (the experience in memory breaks here)
+                brain.memory.add(o)
+                obs, info = env.reset(options={"hold": True})
+                o = brain.prepare(obs)
+                z = brain.encode(o)
+                stale_streak += 1
+                if stale_streak > MAX_STALE_STREAK:
+                    raise RuntimeError(f"{stale_streak} observations in a row arrived stale (the last "
+                                       f"{info.get('obs_age_s', float('nan')):.3f} s old): the link or the robot's "
+                                       "clock is off; see bridge.max_obs_age_s")
+                stale_holds += 1
+                continue
+            stale_streak = 0
             # observe -> plan
             captured = time.time_ns()
             state = sim_state(env) if writer is not None else None  # the state o_t was seen in
             step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
             # act
-            applied = np.clip(step.action, env.action_space.low, env.action_space.high)  # what the body does with it
             next_obs, reward, terminated, truncated, info = env.step(step.action)
             done = terminated or truncated
+            # a robot reports what it sent and applied; a simulation applies the action within its limits
+            sent = info.get("action_sent", step.action)
+            applied = info.get("action_applied")
+            if applied is None:
+                applied = np.clip(step.action, env.action_space.low, env.action_space.high)
             # update: surprise -> priority, replanning, thinking budget, learner steps
             o_next = brain.prepare(next_obs)
             z_next = brain.encode(o_next)
             s = brain.surprise(step, z_next, float(reward))
-            brain.memory.add(o, step.action, float(reward), terminated, s["total"])
+            brain.memory.add(o, applied, float(reward), terminated, s["total"])
             replanned = brain.deliberation.observe(s["total"])
             learned = []
             if counters.env_step >= cfg.run.seed_steps:
@@ -143,7 +166,7 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             if writer is not None:
                 writer.write(StepRecord(
                     step=t, time_ns=captured, observation=recorded(obs), action_requested=step.action,
-                    action_sent=step.action, action_applied=applied, reward=float(reward),
+                    action_sent=sent, action_applied=applied, reward=float(reward),
                     terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
                     surprise=s, plan=trace or None, sim_state=state))
             if keep_frames:
@@ -170,18 +193,20 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
            "steps_per_s": t / max(elapsed, 1e-9), "wall_s": time.time() - counters.started,
            "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped,
            "restored_weights": brain.learner.restored}
+    if "stale" in info:  # only a remote body can be late
+        row["stale_holds"] = stale_holds
     if success is not None:  # only tasks that report success get the column
         row["success"] = float(success)
     row.update(averages.means())
     return EpisodeResult(row, real, imagined)
 
 
-def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int) -> EpisodeWriter:
+def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int, body_name: str) -> EpisodeWriter:
     attachments = {"config.yaml": (run_dir / "config.yaml").read_bytes()}
     model_xml = getattr(env.unwrapped, "model_xml", None)
     if callable(model_xml):
         attachments["model.xml"] = model_xml().encode()
-    meta = {"run": run_dir.name, "seed": str(seed), "env": cfg.env.name, "episode": str(episode),
+    meta = {"run": run_dir.name, "seed": str(seed), "env": body_name, "episode": str(episode),
             "code_version": code_version()}
     return EpisodeWriter(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments)
 

@@ -77,10 +77,10 @@ def test_values_that_cannot_work_are_refused_by_name(override, field):
 
 
 def test_named_options_are_taken_as_typed_values(tmp_path):
-    from agent.cli import build_parser, sim_config
+    from agent.cli import build_parser, run_config
 
     args = build_parser().parse_args(["sim", "--out", str(tmp_path / "2024"), "--steps", "7", "planner.horizon=4"])
-    cfg, run_dir = sim_config(args)
+    cfg, run_dir = run_config(args)
     assert run_dir == tmp_path / "2024" and cfg.run.out == str(tmp_path / "2024")  # a numeric name stays a path
     assert cfg.run.steps == 7 and cfg.planner.horizon == 4
 

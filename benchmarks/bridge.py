@@ -1,0 +1,242 @@
+"""What the robot bridge costs, against a raw pyzmq ping-pong of the same bytes, in one run.
+
+    python benchmarks/bridge.py                      # about 1 minute on 2 cores
+    python benchmarks/bridge.py --seconds 5 --out runs/bench/bridge
+
+The robot side runs in its own process, as it would on a robot: `omniloop robot-server`'s
+`RobotServer` with a driver whose sensors and actuators are memory, so that only the bridge is
+measured (protocol checks, safety, the control clock, the client's Gymnasium step). The agent side is
+`RemoteRobotEnv.step`, the call the loop makes. Two payloads: state only (8 proprio floats), and state
+with a 64x64x3 image.
+
+1. Round trip, observation plus command: the server runs in lockstep (it ticks as soon as a command
+   arrives); one step = command out, the robot applies it, reads, and sends the observation that
+   shows it applied. The baseline is a ROUTER/DEALER ping-pong of the same bytes with no protocol at
+   all: the command message out, the observation message back.
+2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
+   as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
+   at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
+   of a ladder is reported, and the lockstep rate (the ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robot_bridge import protocol as p
+from robot_bridge.driver import Driver
+from robot_bridge.spec import Feature, RobotSpec
+
+STATE_LADDER = (250, 500, 1000, 2000)
+IMAGE_LADDER = (50, 100, 200, 500)
+
+
+class MemoryDriver(Driver):
+    """A robot whose joints and camera are memory: what it applies it reports, what it sees is a
+    fixed frame that changes one byte per tick. It measures the bridge, not a device."""
+
+    def __init__(self, control_hz: float, image: bool) -> None:
+        features = {"proprio": Feature((8,), "float32")}
+        if image:
+            features["image"] = Feature((64, 64, 3), "uint8", 0.0, 255.0)
+        self._spec = RobotSpec("memory", control_hz, features, -np.ones(2, np.float32), np.ones(2, np.float32))
+        self.proprio = np.zeros(8, np.float32)
+        self.image = np.zeros((64, 64, 3), np.uint8) if image else None
+        self.ticks = 0
+
+    @property
+    def spec(self) -> RobotSpec:
+        return self._spec
+
+    def connect(self) -> None:
+        self.ticks = 0
+
+    def disconnect(self) -> None:
+        self.ticks = -1
+
+    def get_observation(self) -> dict[str, np.ndarray]:
+        obs = {"proprio": self.proprio}
+        if self.image is not None:
+            self.image[0, 0, 0] = self.ticks % 256
+            obs["image"] = self.image
+        return obs
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        self.ticks += 1
+        self.proprio[:2] = action
+        return action
+
+
+def serve_bridge(endpoint: mp.Queue, control_hz: float, image: bool, lockstep: bool, log: str) -> None:
+    from robot_bridge.safety import SafetyConfig
+    from robot_bridge.server import RobotServer, ServerConfig
+
+    # as `omniloop robot-server` runs: every command and applied action logged
+    safety = SafetyConfig(start_armed=True, max_command_hz=1e6, safe_after_s=60.0)
+    server = RobotServer(MemoryDriver(control_hz, image), ServerConfig(bind="tcp://127.0.0.1:0", lockstep=lockstep,
+                                                                       log=log, safety=safety))
+    endpoint.put(server.endpoint)
+    server.serve()  # until the parent terminates this process
+
+
+def serve_raw(endpoint: mp.Queue, reply: list[bytes]) -> None:
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:0")
+    endpoint.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    while True:
+        peer, *_ = sock.recv_multipart()
+        sock.send_multipart([peer, *reply], copy=len(reply[-1]) < p.ZERO_COPY_BYTES)
+
+
+def observation_frames(image: bool) -> tuple[list[bytes], list[bytes]]:
+    """The bytes of one bridge observation and one command, as the bridge sends them."""
+    arrays = {"proprio": np.zeros(8, np.float32), "applied": np.zeros(2, np.float32)}
+    if image:
+        arrays["image"] = np.zeros((64, 64, 3), np.uint8)
+    body = {"tick": 1, "t_capture_ns": time.time_ns(), "command_seq": 1, "mode": "armed", "fault": None, "watchdog": "run"}
+    obs = [bytes(f) for f in p.encode(p.Message(p.OBS, 1, body, arrays, "0" * 32))]
+    cmd = [bytes(f) for f in p.encode(p.Message(p.COMMAND, 1, {"obs_tick": 1}, {"action": np.zeros(2, np.float32)}, "0" * 32))]
+    return obs, cmd
+
+
+def start(target, *args) -> tuple[mp.Process, str]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(queue, *args), daemon=True)
+    proc.start()
+    return proc, queue.get(timeout=30)
+
+
+def raw_round_trips(image: bool, seconds: float) -> np.ndarray:
+    import zmq
+
+    obs, cmd = observation_frames(image)
+    proc, endpoint = start(serve_raw, obs)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    out = []
+    try:
+        end = time.perf_counter() + seconds
+        while (t0 := time.perf_counter()) < end:
+            sock.send_multipart(cmd)
+            sock.recv_multipart()
+            out.append(time.perf_counter() - t0)
+    finally:
+        sock.close()
+        proc.terminate()
+    return np.asarray(out[10:])
+
+
+def bridge_steps(image: bool, seconds: float, control_hz: float, lockstep: bool,
+                 log: Path) -> tuple[np.ndarray, float, float]:
+    """(step times, achieved steps/s, share of steps whose command was applied at the next tick)."""
+    from robot_bridge.client import BridgeConfig, RemoteRobotEnv
+
+    proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
+    env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
+    times, on_time, ticks = [], 0, []
+    action = np.zeros(2, np.float32)
+    try:
+        env.reset()
+        for _ in range(20):  # warm-up
+            env.step(action)
+        end = time.perf_counter() + seconds
+        start_t = time.perf_counter()
+        while (t0 := time.perf_counter()) < end:
+            before = env._newest_tick()
+            _, _, _, _, info = env.step(action)
+            times.append(time.perf_counter() - t0)
+            on_time += info["command_applied"] and info["tick"] == before + 1
+            ticks.append(info["tick"])
+        elapsed = time.perf_counter() - start_t
+    finally:
+        env.close()
+        proc.terminate()
+    return np.asarray(times), len(times) / elapsed, on_time / max(len(times), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/bridge"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rows, samples = [], {}
+    log = args.out / "server.jsonl"  # only its cost matters here: removed at the end
+    for image in (False, True):
+        name = "state + 64x64 image" if image else "state"
+        with console.status(f"{name}: raw ping-pong"):
+            raw = raw_round_trips(image, args.seconds)
+        with console.status(f"{name}: bridge in lockstep"):
+            bridge, lock_rate, _ = bridge_steps(image, args.seconds, 100.0, lockstep=True, log=log)
+        samples[name] = (raw, bridge)
+        sustained = 0
+        for hz in IMAGE_LADDER if image else STATE_LADDER:
+            with console.status(f"{name}: fixed clock at {hz} Hz"):
+                _, rate, share = bridge_steps(image, args.seconds, float(hz), lockstep=False, log=log)
+            console.print(f"{name}: target {hz} Hz -> {rate:.0f} steps/s, {share:.1%} applied at the next tick")
+            if share >= 0.99 and rate >= 0.98 * hz:
+                sustained = hz
+        row = {"payload": name, "raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
+               "bridge_p50_us": 1e6 * np.median(bridge), "bridge_p99_us": 1e6 * np.percentile(bridge, 99),
+               "lockstep_hz": lock_rate, "sustained_hz": sustained}
+        row["p50_ratio"] = row["bridge_p50_us"] / row["raw_p50_us"]
+        row["p99_ratio"] = row["bridge_p99_us"] / row["raw_p99_us"]
+        rows.append(row)
+
+    table = Table(title="bridge against a raw pyzmq ping-pong of the same bytes (loopback)")
+    for col in ("payload", "raw p50 us", "bridge p50 us", "ratio", "raw p99 us", "bridge p99 us", "ratio",
+                "lockstep steps/s", "sustained Hz"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
+                      f"{r['raw_p99_us']:.0f}", f"{r['bridge_p99_us']:.0f}", f"{r['p99_ratio']:.2f}x",
+                      f"{r['lockstep_hz']:.0f}", f"{r['sustained_hz']}")
+    console.print(table)
+    with open(args.out / "bridge.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.unlink(missing_ok=True)
+    plot(samples, args.out / "bridge.png")
+    console.print(f"results: {args.out / 'bridge.csv'}, {args.out / 'bridge.png'}")
+    return 0
+
+
+def plot(samples: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(samples), figsize=(5 * len(samples), 3.6))
+    for ax, (name, (raw, bridge)) in zip(np.atleast_1d(axes), samples.items()):
+        for label, data in (("raw pyzmq ping-pong", raw), ("bridge step (RemoteRobotEnv)", bridge)):
+            xs = np.sort(data) * 1e6
+            ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("round trip, µs")
+        ax.set_ylabel("share of round trips")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The wire format of the bridge: one msgpack header frame, then raw array frames.
+
+A message is a ZeroMQ multipart message (the ROUTER side adds the peer's identity frame in front):
+
+    frame 0   msgpack map  {"v": 1, "type": "obs", "seq": 42, "t_ns": ..., "session": "...",
+                            "body": {...}, "arrays": [{"name": "image", "dtype": "uint8",
+                                                       "shape": [64, 64, 3]}, ...]}
+    frame 1.. the raw bytes of each array named in "arrays", in order, C-contiguous, little-endian
+
+`docs/bridge-protocol.md` is the normative description; this module is its Python implementation.
+Decoding never unpickles and never trusts a length: every size is checked against the limits below
+before a byte is interpreted, and every failure is a `ProtocolError` whose `code` is the error
+reply's code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+
+# Message types. Agent -> robot: hello, command, heartbeat, arm, disarm, estop, reset, status, bye.
+# Robot -> agent: welcome, obs, ack, error, fault, status.
+HELLO, WELCOME, OBS, COMMAND, HEARTBEAT = "hello", "welcome", "obs", "command", "heartbeat"
+ARM, DISARM, ESTOP, RESET, STATUS, BYE = "arm", "disarm", "estop", "reset", "status", "bye"
+ACK, ERROR, FAULT = "ack", "error", "fault"
+TYPES = frozenset({HELLO, WELCOME, OBS, COMMAND, HEARTBEAT, ARM, DISARM, ESTOP, RESET, STATUS, BYE, ACK, ERROR, FAULT})
+
+# Limits. A message over MAX_MESSAGE_BYTES is dropped by libzmq itself (ZMQ_MAXMSGSIZE) before it
+# reaches us; the finer limits are checked here and answered with an error reply.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAYS = 8
+MAX_ARRAY_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_DIMS = 4
+DTYPES = frozenset({"uint8", "int16", "int32", "int64", "float32", "float64"})
+# dtype <-> name lookups: numpy's `dtype.name` is a Python property that costs microseconds per call
+_WIRE_DTYPE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
+_WIRE_NAME = {dtype: name for name, dtype in _WIRE_DTYPE.items()}
+ZERO_COPY_BYTES = 64 * 1024  # below this, copying a frame is cheaper than tracking its buffer
+
+# Error codes of an `error` reply (body {"code", "detail", "ref_seq"}).
+MALFORMED = "malformed"  # not msgpack, not a map, a field missing or of the wrong type
+BAD_VERSION = "version"
+UNKNOWN_TYPE = "unknown_type"
+TOO_LARGE = "too_large"
+BAD_SHAPE = "bad_shape"
+NOT_FINITE = "not_finite"
+OLD_SEQ = "old_seq"
+NO_SESSION = "no_session"  # a command or control message before hello, or from a replaced session
+DISARMED = "disarmed"
+FAULTED = "faulted"
+RATE_LIMITED = "rate_limited"
+UNSUPPORTED = "unsupported"
+INTERNAL = "internal"  # the server failed while answering; it goes on serving
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; `code` is one of the error codes above."""
+
+    def __init__(self, code: str, detail: str, seq: int | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail, self.seq = code, detail, seq
+
+
+@dataclass
+class Message:
+    type: str
+    seq: int
+    body: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    session: str = ""
+    t_ns: int = 0  # the sender's wall clock when it sent the message (time.time_ns())
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """The frames of `msg`, stamped with the send time now unless `msg.t_ns` is set."""
+    descriptors, frames = [], []
+    for name, array in msg.arrays.items():
+        a = np.ascontiguousarray(array)
+        wire_name = _WIRE_NAME.get(a.dtype)
+        if wire_name is None:  # big-endian, or a type the wire does not carry
+            wire_name = a.dtype.name
+            if wire_name not in DTYPES:
+                raise ProtocolError(BAD_SHAPE, f"array {name!r} has dtype {wire_name}; the wire carries {sorted(DTYPES)}")
+            a = a.astype(_WIRE_DTYPE[wire_name])
+        descriptors.append({"name": name, "dtype": wire_name, "shape": list(a.shape)})
+        frames.append(memoryview(a).cast("B"))
+    header = {"v": VERSION, "type": msg.type, "seq": msg.seq, "t_ns": msg.t_ns or time.time_ns(),
+              "session": msg.session, "body": msg.body, "arrays": descriptors}
+    return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse the frames of one message (without the identity frame), checking every field and size."""
+    if not frames:
+        raise ProtocolError(MALFORMED, "empty message")
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        raise ProtocolError(TOO_LARGE, f"header of {len(frames[0])} bytes, the limit is {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+        raise ProtocolError(MALFORMED, f"header is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(MALFORMED, f"header must be a map, got {type(header).__name__}")
+    seq = header.get("seq") if isinstance(header.get("seq"), int) else None
+    version = header.get("v")
+    if version != VERSION:
+        raise ProtocolError(BAD_VERSION, f"protocol version {version!r}, this side speaks {VERSION}", seq)
+    kind = _field(header, "type", str, seq)
+    if kind not in TYPES:
+        raise ProtocolError(UNKNOWN_TYPE, f"message type {kind[:40]!r}", seq)
+    seq = _field(header, "seq", int, seq)
+    t_ns = _field(header, "t_ns", int, seq)
+    session = _field(header, "session", str, seq)
+    body = _field(header, "body", dict, seq)
+    descriptors = _field(header, "arrays", list, seq)
+    if len(descriptors) > MAX_ARRAYS:
+        raise ProtocolError(TOO_LARGE, f"{len(descriptors)} arrays, the limit is {MAX_ARRAYS}", seq)
+    if len(frames) != 1 + len(descriptors):
+        raise ProtocolError(MALFORMED, f"header names {len(descriptors)} arrays but {len(frames) - 1} frames follow", seq)
+    arrays = {}
+    for descriptor, raw in zip(descriptors, frames[1:]):
+        name, array = _array(descriptor, raw, seq)
+        arrays[name] = array
+    return Message(kind, seq, body, arrays, session, t_ns)
+
+
+def _field(header: dict, name: str, kind: type, seq: int | None) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ProtocolError(MALFORMED, f"header field {name!r} must be {kind.__name__}, got {type(value).__name__}", seq)
+    return value
+
+
+def _array(descriptor: Any, raw: bytes, seq: int) -> tuple[str, np.ndarray]:
+    if not isinstance(descriptor, dict):
+        raise ProtocolError(MALFORMED, "an array descriptor must be a map", seq)
+    name, dtype, shape = descriptor.get("name"), descriptor.get("dtype"), descriptor.get("shape")
+    if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(shape, list):
+        raise ProtocolError(MALFORMED, "an array descriptor needs name (str), dtype (str) and shape (list)", seq)
+    if dtype not in DTYPES:
+        raise ProtocolError(BAD_SHAPE, f"array {name!r}: dtype {dtype[:20]!r} is none of {sorted(DTYPES)}", seq)
+    if len(shape) > MAX_DIMS or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ProtocolError(BAD_SHAPE, f"array {name!r}: shape {shape[:8]} is not at most {MAX_DIMS} sizes >= 0", seq)
+    wire = _WIRE_DTYPE[dtype]
+    expected = math.prod(shape) * wire.itemsize
+    if expected > MAX_ARRAY_BYTES:
+        raise ProtocolError(TOO_LARGE, f"array {name!r} of {expected} bytes, the limit is {MAX_ARRAY_BYTES}", seq)
+    if len(raw) != expected:
+        raise ProtocolError(BAD_SHAPE, f"array {name!r}: {dtype}{shape} needs {expected} bytes, the frame has {len(raw)}", seq)
+    return name, np.frombuffer(raw, dtype=wire).reshape(shape)
+
+
+def send(sock, frames: list[bytes | memoryview], flags: int = 0) -> None:
+    """Send one message's frames (a ROUTER's routing id first): small ones copied, big ones not."""
+    sock.send_multipart(frames, flags, copy=max(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+                        < ZERO_COPY_BYTES)
+
+
+def error(code: str, detail: str, ref_seq: int | None, seq: int, session: str = "") -> Message:
+    """An error reply; `ref_seq` is the sequence number of the message it answers, when known."""
+    return Message(ERROR, seq, {"code": code, "detail": detail, "ref_seq": ref_seq}, session=session)

@@ -1,0 +1,467 @@
+"""The robot-side server: it owns the driver, the control clock and safety, and serves one agent.
+
+One thread does everything, so the driver is never called concurrently. Each control period:
+
+    1. drain the socket: hello, commands, arm/disarm/e-stop, status, ... (every message is checked;
+       a bad one gets an error reply or a counted drop, and the server goes on)
+    2. choose the action: the newest valid command if armed; the previous one while the watchdog
+       allows; the driver's hold after `hold_after_periods` without a command; its safe state and a
+       disarm after `safe_after_s`; hold while disarmed or faulted
+    3. limit it (absolute limits, then max change per step) and apply it through the driver
+    4. read the observation and send it, with the action really applied and the command it came from
+
+With `lockstep`, a tick also starts as soon as a new command arrives (never later than one period):
+the robot then runs as fast as the agent answers, which is how the benchmark finds the highest rate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from robot_bridge import protocol as p
+from robot_bridge.driver import Driver
+from robot_bridge.event_log import EventLog
+from robot_bridge.keys import authorized_dir, load_pair, server_secret_file
+from robot_bridge.safety import RateLimiter, SafetyConfig, Watchdog, limit_action
+
+log = logging.getLogger("omniloop.robot_server")
+
+SEND_HWM = 64  # messages queued for a slow agent before the oldest observations are dropped
+LOG_FLUSH_TICKS = 100  # the stream of commands and applied actions reaches the disk every 100 ticks
+FINE_WAIT_S = 100e-6  # the nap between socket checks in a tick's last 2 ms
+RTT_WINDOW = 4096  # the latest observation-to-command round trips kept for `status`
+
+
+class BindRefused(ValueError):
+    """Binding a non-loopback address without CURVE keys, and without --insecure."""
+
+
+@dataclass
+class CameraConfig:
+    source: int | str = 0  # a device index, a video file or a stream URL
+    size: int = 64  # the square image's side, after a centre crop
+    key: str = "image"
+
+
+@dataclass
+class MicrophoneConfig:
+    device: int | str | None = None  # a sounddevice index or name; None: the default input
+    sample_rate: int = 16_000
+    samples: int = 800  # per observation: one 0.05 s control period at 16 kHz
+    key: str = "audio"
+
+
+@dataclass
+class ServerConfig:
+    """What `omniloop robot-server` runs: the driver, its sensors, the socket and safety."""
+
+    driver: str = "sim"  # a name (sim) or a user's driver as module:Class
+    driver_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the driver
+    camera: CameraConfig | None = None  # adds an OpenCV camera's frames to the observation
+    microphone: MicrophoneConfig | None = None  # adds a sounddevice microphone's samples
+    bind: str = "tcp://127.0.0.1:5555"
+    keys: str | None = None  # folder from `omniloop keys generate`: server.key_secret, authorized_clients/
+    insecure: bool = False  # allow a non-loopback bind without keys
+    lockstep: bool = False
+    log: str | None = None  # JSON-lines log of every command and applied action; None: no file
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+@dataclass
+class Pending:
+    seq: int
+    action: np.ndarray | None  # None: an explicit hold
+    received: float  # monotonic
+
+
+class RobotServer:
+    def __init__(self, driver: Driver, cfg: ServerConfig) -> None:
+        cfg.safety.validate()
+        check_bind(cfg.bind, cfg.keys, cfg.insecure)
+        self.driver, self.cfg = driver, cfg
+        self.spec = driver.spec
+        period = self.spec.period
+        self.watchdog = Watchdog(cfg.safety.hold_after_periods * period, cfg.safety.safe_after_s)
+        self.rate = RateLimiter(cfg.safety.max_command_hz or 4.0 * self.spec.control_hz)
+        self.mode = "armed" if cfg.safety.start_armed else "disarmed"
+        self.fault: str | None = None
+        self.session, self.peer, self.peer_seq = "", b"", -1
+        self.pending: Pending | None = None
+        self.last_command: Pending | None = None  # the command in force, for the zero-order hold
+        self.last_applied: np.ndarray | None = None
+        self.watch_state = Watchdog.RUN
+        self.tick = 0
+        self.seq = 0
+        self.counts: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.rtts_us: deque[float] = deque(maxlen=RTT_WINDOW)
+        self.obs_sent_ns: dict[int, int] = {}  # tick -> when its observation left, for round trips
+        self.stop_event = threading.Event()
+        self.opened = False
+        self._log: EventLog | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self.ctx = zmq.Context.instance()
+        self.socket = self._bind()
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # ---- set-up -----------------------------------------------------------------------------
+
+    def _bind(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        if self.cfg.keys:
+            keys = Path(self.cfg.keys)
+            public, secret = load_pair(server_secret_file(keys))
+            self._auth = ThreadAuthenticator(self.ctx)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(authorized_dir(keys)))
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+        # refused handshakes are counted where there is a handshake to refuse: with CURVE keys
+        self.monitor = (sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                        if self.cfg.keys else None)
+        sock.bind(self.cfg.bind)
+        return sock
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(0)
+        self.socket.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect the driver (a missing device fails here, before anything is served) and open the log."""
+        if self.opened:
+            return
+        self.driver.connect()
+        self.opened = True
+        if self.cfg.log:
+            self._log = EventLog(self.cfg.log)
+
+    def serve(self, max_ticks: int | None = None) -> None:
+        """Run until `stop_event` is set (or `max_ticks`); the driver is disconnected at the end."""
+        self.open()
+        self.record("start", robot=self.spec.name, bind=self.endpoint, mode=self.mode, control_hz=self.spec.control_hz,
+                    curve=bool(self.cfg.keys))
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
+        period = self.spec.period
+        next_tick = time.monotonic()
+        try:
+            while not self.stop_event.is_set() and (max_ticks is None or self.tick < max_ticks):
+                early = self._wait_for_tick(poller, next_tick)
+                self._tick()
+                next_tick = time.monotonic() + period if early else next_tick + period
+                if self._log is not None and self.tick % LOG_FLUSH_TICKS == 0:
+                    self._log.flush()
+                behind = time.monotonic() - next_tick
+                if behind > period:  # the driver or the host fell behind: skip the ticks that are gone
+                    self.counts["overruns"] += 1
+                    next_tick = time.monotonic()
+        finally:
+            try:
+                self.driver.safe_state()
+            finally:
+                self.driver.disconnect()
+                self.record("stop", ticks=self.tick)
+
+    def _wait_for_tick(self, poller: zmq.Poller, next_tick: float) -> bool:
+        """Answer messages until the next tick is due; True if lockstep starts it early."""
+        while (left := next_tick - time.monotonic()) > 0:
+            # poll() waits in whole milliseconds: the last one is spent in short naps between checks,
+            # so a command that arrives just before a tick still makes it at 1 kHz
+            timeout = int(left * 1000) if left > 0.002 else 0
+            events = dict(poller.poll(timeout))
+            if self.monitor is not None and self.monitor in events:
+                self._auth_event()
+            if self.socket in events:
+                self._drain()
+                if self.cfg.lockstep and self.pending is not None and self.mode == "armed":
+                    return True
+            elif timeout == 0:
+                time.sleep(min(FINE_WAIT_S, max(0.0, next_tick - time.monotonic())))
+        self._drain()  # what arrived during the last nap
+        return False
+
+    def _drain(self) -> None:
+        # ask whether a message is waiting rather than catch zmq.Again: the exception costs more
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._handle(self.socket.recv_multipart(zmq.NOBLOCK))
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.tick += 1
+        applied, command_seq = self._act(now)
+        try:
+            obs = self.driver.get_observation()
+            for name, feature in self.spec.observation.items():
+                if name not in obs:
+                    raise ValueError(f"observation {name!r} is missing")
+                feature.check(name, np.asarray(obs[name]))
+        except Exception as exc:  # a driver that cannot read must not take the server down
+            self._set_fault(f"driver get_observation failed: {type(exc).__name__}: {exc}")
+            return
+        body = {"tick": self.tick, "t_capture_ns": time.time_ns(), "command_seq": command_seq,
+                "mode": self.mode, "fault": self.fault, "watchdog": self.watch_state}
+        arrays = {**obs, "applied": applied}
+        if self.peer:
+            t_ns = time.time_ns()
+            self._send(p.Message(p.OBS, self._next_seq(), body, arrays, self.session, t_ns))
+            self.obs_sent_ns[self.tick] = time.perf_counter_ns()
+            self.obs_sent_ns.pop(self.tick - 256, None)
+        self.last_applied = applied
+        if self._log is not None:
+            self._log.applied(self.tick, command_seq, self.mode, self.watch_state, applied)
+
+    def _act(self, now: float) -> tuple[np.ndarray, int | None]:
+        """Apply this tick's action through the driver; returns it and the seq of the command it obeys."""
+        spec = self.spec
+        try:
+            if self.mode == "faulted":
+                return np.asarray(self.driver.safe_state(), np.float32), None
+            if self.mode != "armed":
+                return np.asarray(self.driver.hold(), np.float32), None
+            state = self.watchdog.state(now)
+            if state != self.watch_state:
+                self.record("watchdog", state=state, silence_s=round(now - (self.watchdog.last_command or now), 4))
+                log.info("watchdog: %s", state)
+                self.watch_state = state
+            if state == Watchdog.SAFE:
+                applied = np.asarray(self.driver.safe_state(), np.float32)
+                self.mode = "disarmed"
+                self.counts["safe_states"] += 1
+                self.record("disarm", reason=f"no command for {self.cfg.safety.safe_after_s} s: safe state")
+                return applied, None
+            # a fresh command, else the one in force while the watchdog allows it, else hold
+            command = self.pending or (self.last_command if state == Watchdog.RUN else None)
+            self.pending = None
+            if command is not None:
+                self.last_command = command
+            if command is None or command.action is None:
+                self.counts["holds"] += 1
+                return np.asarray(self.driver.hold(), np.float32), command.seq if command else None
+            limited = limit_action(command.action, spec.action_low, spec.action_high, self.last_applied,
+                                   self.cfg.safety.max_delta)
+            applied = np.asarray(self.driver.send_action(limited), np.float32)
+            return applied, command.seq
+        except Exception as exc:
+            self._set_fault(f"driver failed to act: {type(exc).__name__}: {exc}")
+            return np.full(spec.action_dim, np.nan, np.float32), None  # what the hardware did is unknown
+
+    # ---- messages ---------------------------------------------------------------------------
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.drops[p.MALFORMED] += 1  # nothing after the identity: there is nobody to answer
+            return
+        peer, payload = frames[0], frames[1:]
+        try:
+            msg = p.decode(payload)
+            self._dispatch(peer, msg)
+        except p.ProtocolError as exc:
+            self.drops[exc.code] += 1
+            self.record("error", code=exc.code, detail=exc.detail, ref_seq=exc.seq)
+            self._reply(peer, p.error(exc.code, exc.detail, exc.seq, self._next_seq(), self.session))
+        except Exception as exc:  # a bug or a driver failure while answering must not stop the robot's clock
+            log.exception("while handling a message")
+            self.drops[p.INTERNAL] += 1
+            self.record("error", code=p.INTERNAL, detail=f"{type(exc).__name__}: {exc}")
+            self._reply(peer, p.error(p.INTERNAL, f"{type(exc).__name__}: {exc}", None, self._next_seq(), self.session))
+
+    def _dispatch(self, peer: bytes, msg: p.Message) -> None:
+        kind = msg.type
+        self.counts[f"rx_{kind}"] += 1
+        if kind == p.HELLO:
+            return self._hello(peer, msg)
+        if kind == p.STATUS:
+            return self._reply(peer, p.Message(p.STATUS, self._next_seq(), self.status(), session=self.session))
+        if kind == p.ESTOP:  # honoured from any authenticated peer, session or not
+            self._set_fault(f"e-stop from {msg.body.get('reason') or 'an agent'}")
+            return self._ack(peer, msg)
+        if kind not in (p.COMMAND, p.HEARTBEAT, p.ARM, p.DISARM, p.RESET, p.BYE):
+            raise p.ProtocolError(p.UNSUPPORTED, f"{kind!r} is a message the robot sends, not one it takes", msg.seq)
+        if not self.session or msg.session != self.session or peer != self.peer:
+            raise p.ProtocolError(p.NO_SESSION, "no session with this peer: send hello first", msg.seq)
+        if msg.seq <= self.peer_seq:
+            raise p.ProtocolError(p.OLD_SEQ, f"seq {msg.seq} is not after {self.peer_seq}", msg.seq)
+        self.peer_seq = msg.seq
+        if kind == p.COMMAND:
+            self._command(msg)
+        elif kind == p.HEARTBEAT:
+            self._reply(peer, p.Message(p.HEARTBEAT, self._next_seq(), {"echo_t_ns": msg.t_ns, "echo_seq": msg.seq},
+                                        session=self.session))
+        elif kind == p.ARM:
+            self._arm(peer, msg)
+        elif kind == p.DISARM:
+            self.mode = "disarmed"
+            self.record("disarm", reason="asked by the agent")
+            self._ack(peer, msg)
+        elif kind == p.RESET:
+            if not self.spec.can_reset:
+                raise p.ProtocolError(p.UNSUPPORTED, f"robot {self.spec.name!r} cannot reset its scene", msg.seq)
+            try:
+                self.driver.reset()
+            except Exception as exc:
+                self._set_fault(f"driver reset failed: {type(exc).__name__}: {exc}")
+                raise p.ProtocolError(p.FAULTED, self.fault, msg.seq) from None
+            self.last_applied = None
+            self._ack(peer, msg)
+        elif kind == p.BYE:
+            self.record("bye", session=self.session)
+            self.session, self.peer, self.last_command = "", b"", None
+            self._ack(peer, msg)
+
+    def _hello(self, peer: bytes, msg: p.Message) -> None:
+        if self.session:
+            self.record("session_replaced", old=self.session)
+        self.session, self.peer, self.peer_seq = uuid.uuid4().hex, peer, msg.seq
+        self.pending = self.last_command = None
+        agent = str(msg.body.get("agent", "?"))[:80]
+        self.record("hello", session=self.session, agent=agent)
+        log.info("session %s for agent %s", self.session[:8], agent)
+        limits = {"hold_after_s": self.watchdog.hold_after_s, "safe_after_s": self.watchdog.safe_after_s,
+                  "max_delta": self.cfg.safety.max_delta, "max_command_hz": self.rate.hz,
+                  "max_message_bytes": p.MAX_MESSAGE_BYTES, "max_array_bytes": p.MAX_ARRAY_BYTES}
+        body = {"session": self.session, "spec": self.spec.to_wire(), "mode": self.mode, "fault": self.fault,
+                "limits": limits, "echo_t_ns": msg.t_ns}
+        self._reply(peer, p.Message(p.WELCOME, self._next_seq(), body, session=self.session))
+
+    def _command(self, msg: p.Message) -> None:
+        now = time.monotonic()
+        if self.mode == "faulted":
+            raise p.ProtocolError(p.FAULTED, f"fault latched ({self.fault}); send arm with clear_fault", msg.seq)
+        if self.mode != "armed":
+            raise p.ProtocolError(p.DISARMED, "the robot is disarmed: observations only; send arm", msg.seq)
+        if not self.rate.allow(now):
+            raise p.ProtocolError(p.RATE_LIMITED, f"more than {self.rate.hz:g} commands/s", msg.seq)
+        sent = self.obs_sent_ns.get(msg.body.get("obs_tick", -1))
+        if sent is not None:
+            self.rtts_us.append((time.perf_counter_ns() - sent) / 1000)
+        if msg.body.get("hold"):
+            action = None
+        else:
+            action = msg.arrays.get("action")
+            want = (self.spec.action_dim,)
+            if action is None or action.shape != want:
+                shape = None if action is None else list(action.shape)
+                raise p.ProtocolError(p.BAD_SHAPE, f"action must be float {list(want)}, got {shape}", msg.seq)
+            action = action.astype(np.float32)
+            if not np.all(np.isfinite(action)):
+                raise p.ProtocolError(p.NOT_FINITE, f"action holds NaN or inf: {action.tolist()}", msg.seq)
+        self.pending = Pending(msg.seq, action, now)
+        self.watchdog.fed(now)
+        self.counts["commands"] += 1
+        if self._log is not None:
+            self._log.command(msg.seq, action)
+
+    def _arm(self, peer: bytes, msg: p.Message) -> None:
+        if self.mode == "faulted" and not msg.body.get("clear_fault"):
+            raise p.ProtocolError(p.FAULTED, f"fault latched ({self.fault}); arm with clear_fault to re-arm", msg.seq)
+        if self.fault:
+            self.record("fault_cleared", fault=self.fault)
+        self.mode, self.fault = "armed", None
+        self.watchdog.fed(time.monotonic())  # silence from now on counts towards hold and safe state
+        self.watch_state = Watchdog.RUN
+        self.record("arm", session=self.session)
+        self._ack(peer, msg)
+
+    def _set_fault(self, reason: str) -> None:
+        if self.mode == "faulted" and self.fault == reason:
+            return  # a driver that keeps failing the same way is one fault, not one per tick
+        first = self.mode != "faulted"
+        self.mode, self.fault = "faulted", reason
+        self.counts["faults"] += first
+        self.record("fault", reason=reason)
+        log.warning("fault: %s", reason)
+        try:
+            self.driver.safe_state()
+        except Exception as exc:  # the fault is latched either way; say that safe state failed too
+            self.record("fault", reason=f"safe_state failed: {type(exc).__name__}: {exc}")
+        if self.peer:
+            self._send(p.Message(p.FAULT, self._next_seq(), {"reason": reason}, session=self.session))
+
+    def _auth_event(self) -> None:
+        try:
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.counts["auth_refused"] += 1
+        self.record("auth_refused", zmq_event=int(event["event"]), endpoint=str(event.get("endpoint", b""), "utf-8", "replace"))
+
+    # ---- replies, status, log ---------------------------------------------------------------
+
+    def _ack(self, peer: bytes, msg: p.Message) -> None:
+        self._reply(peer, p.Message(p.ACK, self._next_seq(), {"ref_seq": msg.seq, "type": msg.type, "mode": self.mode},
+                                    session=self.session))
+
+    def _reply(self, peer: bytes, msg: p.Message) -> None:
+        try:
+            p.send(self.socket, [peer, *p.encode(msg)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.drops["reply_queue_full"] += 1
+
+    def _send(self, msg: p.Message) -> None:
+        self._reply(self.peer, msg)
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def status(self) -> dict:
+        rtts = np.asarray(self.rtts_us) if self.rtts_us else None
+        return {"mode": self.mode, "fault": self.fault, "watchdog": self.watch_state, "tick": self.tick,
+                "session": self.session, "counts": dict(self.counts), "drops": dict(self.drops),
+                "rtt_us": None if rtts is None else {"p50": float(np.median(rtts)), "p99": float(np.percentile(rtts, 99)),
+                                                     "n": int(rtts.size)}}
+
+    def record(self, event: str, **fields) -> None:
+        if self._log is not None:
+            self._log.event(event, fields)
+
+
+def check_bind(endpoint: str, keys: str | None, insecure: bool) -> None:
+    """Refuse to serve a robot to the network in the clear unless the user asked for it by name."""
+    if keys or insecure or is_loopback(endpoint):
+        return
+    raise BindRefused(f"refusing to bind {endpoint} without CURVE keys: anyone on the network could drive the robot. "
+                      "Give --keys DIR (make them with `omniloop keys generate DIR`), bind tcp://127.0.0.1, "
+                      "or pass --insecure if this network is yours alone")
+
+
+def is_loopback(endpoint: str) -> bool:
+    transport, _, address = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name: not provably local
+        return False
