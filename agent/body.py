@@ -18,8 +18,9 @@ from robot_bridge.client import RemoteRobotEnv
 BODIES = ("sim", "robot")
 
 
-def make_body(cfg: Config, body: str) -> tuple[gymnasium.Env, str]:
-    """(env, a name for episode files) for `body` "sim" or "robot"."""
+def make_body(cfg: Config, body: str, clear_fault: bool = False) -> tuple[gymnasium.Env, str]:
+    """(env, a name for episode files) for `body` "sim" or "robot"; `clear_fault` lets the robot be
+    re-armed over a latched fault, once."""
     if body == "sim":
         try:
             env = sim.make(cfg.env, seed=cfg.run.seed)
@@ -29,9 +30,12 @@ def make_body(cfg: Config, body: str) -> tuple[gymnasium.Env, str]:
     elif body == "robot":
         if cfg.objective.kind == "env":
             raise ConfigError("a robot gives no reward: set objective.kind (e.g. reach) in the config")
-        env = RemoteRobotEnv(cfg.bridge)
+        env = RemoteRobotEnv(cfg.bridge, clear_fault=clear_fault)
         name = f"robot:{env.spec_.name}@{cfg.bridge.connect}"
+        image = env.spec_.observation.get("image")
         try:
+            if image is not None and image.shape[:2] != (cfg.env.image_size, cfg.env.image_size):
+                raise ValueError(f"the robot's image is {list(image.shape)}, env.image_size is {cfg.env.image_size}")
             if not cfg.env.proprio:
                 env = sim.DropKeys(env, ("proprio",))
             if cfg.env.frame_stack != 1:

@@ -101,8 +101,6 @@ def run_config(args: argparse.Namespace) -> tuple[Config, Path]:
                   ("client_key", cfg.bridge, "client_key")]
         if args.server_key and not args.client_key:
             cfg.bridge.client_key = str(Path(args.server_key).with_name("client.key_secret"))
-        if args.clear_fault:
-            cfg.bridge.clear_fault = True
     for option, section, name in named:
         value = getattr(args, option)
         if value is not None:
@@ -142,7 +140,8 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     print(f"run folder: {run_dir}")
     try:
-        rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress, body=args.verb)
+        rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress, body=args.verb,
+                   clear_fault=getattr(args, "clear_fault", False))  # a one-off permission: not saved in config.yaml
     except (ConfigError, FileExistsError, CheckpointError) as exc:
         print(f"{verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from planner.config import DeliberationConfig, PlannerConfig
 from sim.config import EnvConfig
 from agent.memory import MemoryConfig
 from agent.objectives import ObjectiveConfig
-from robot_bridge.client import BridgeConfig
+from robot_bridge.config import BridgeConfig
 from worldmodel.config import LearnerConfig, WorldModelConfig
 
 

@@ -60,17 +60,18 @@ def code_version() -> str:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True,
-        after_episode: Callable[[Brain, int], None] | None = None, body: str = "sim") -> list[dict]:
+        after_episode: Callable[[Brain, int], None] | None = None, body: str = "sim",
+        clear_fault: bool = False) -> list[dict]:
     """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir.
 
-    `body` is "sim" or "robot" (agent/body.py). `after_episode(brain, env_step)` runs between
-    episodes (a benchmark evaluates there)."""
+    `body` is "sim" or "robot" (agent/body.py); `clear_fault` lets a robot be re-armed over a latched
+    fault, once. `after_episode(brain, env_step)` runs between episodes (a benchmark evaluates there)."""
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
     if not resume and (run_dir / "metrics.csv").exists():
         raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume, or choose another --out")
-    env, body_name = make_body(cfg, body)  # the body first: one that cannot be built leaves no run folder
+    env, body_name = make_body(cfg, body, clear_fault)  # the body first: one that cannot be built leaves no run folder
     if body == "robot":
         fit_deadline(cfg, sim.control_period(env))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,16 +121,17 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     writer = open_writer(env, cfg, run_dir, counters.episode, seed, body_name) if cfg.run.record_episodes else None
     try:
         while not done and counters.env_step < cfg.run.steps:
-            if info.get("stale"):
-                # a robot's observation came too late to act on: hold the robot instead of planning on
-                # it, and go on from the next fresh one (the experience in memory breaks here)
+            if info.get("stale") or time.monotonic() > info.get("stale_at", float("inf")):
+                # a robot's observation is too old to act on (it came late, or learning took long):
+                # hold the robot instead of planning on it, and go on from the next fresh one (the
+                # experience in memory breaks here)
                 brain.memory.add(o)
                 obs, info = env.reset(options={"hold": True})
                 o = brain.prepare(obs)
                 z = brain.encode(o)
                 stale_streak += 1
                 if stale_streak > MAX_STALE_STREAK:
-                    raise RuntimeError(f"{stale_streak} observations in a row arrived stale (the last "
+                    raise ConnectionError(f"{stale_streak} observations in a row arrived stale (the last "
                                        f"{info.get('obs_age_s', float('nan')):.3f} s old): the link or the robot's "
                                        "clock is off; see bridge.max_obs_age_s")
                 stale_holds += 1

@@ -33,8 +33,8 @@ from robot_bridge import protocol as p
 from robot_bridge.driver import Driver
 from robot_bridge.spec import Feature, RobotSpec
 
-STATE_LADDER = (250, 500, 1000, 2000)
-IMAGE_LADDER = (50, 100, 200, 500)
+STATE_LADDER = (250, 500, 1000, 2000, 4000)
+IMAGE_LADDER = (50, 100, 200, 500, 1000, 2000)
 
 
 class MemoryDriver(Driver):
@@ -61,16 +61,19 @@ class MemoryDriver(Driver):
         self.ticks = -1
 
     def get_observation(self) -> dict[str, np.ndarray]:
-        obs = {"proprio": self.proprio}
+        obs = {"proprio": self.proprio.copy()}
         if self.image is not None:
             self.image[0, 0, 0] = self.ticks % 256
-            obs["image"] = self.image
+            obs["image"] = self.image.copy()
         return obs
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
         self.ticks += 1
         self.proprio[:2] = action
         return action
+
+    def hold(self) -> np.ndarray:
+        return self.send_action(np.zeros(2, np.float32))
 
 
 def serve_bridge(endpoint: mp.Queue, control_hz: float, image: bool, lockstep: bool, log: str) -> None:
@@ -93,7 +96,7 @@ def serve_raw(endpoint: mp.Queue, reply: list[bytes]) -> None:
     endpoint.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     while True:
         peer, *_ = sock.recv_multipart()
-        sock.send_multipart([peer, *reply], copy=len(reply[-1]) < p.ZERO_COPY_BYTES)
+        sock.send_multipart([peer, *reply])
 
 
 def observation_frames(image: bool) -> tuple[list[bytes], list[bytes]]:
@@ -139,7 +142,8 @@ def raw_round_trips(image: bool, seconds: float) -> np.ndarray:
 def bridge_steps(image: bool, seconds: float, control_hz: float, lockstep: bool,
                  log: Path) -> tuple[np.ndarray, float, float]:
     """(step times, achieved steps/s, share of steps whose command was applied at the next tick)."""
-    from robot_bridge.client import BridgeConfig, RemoteRobotEnv
+    from robot_bridge.client import RemoteRobotEnv
+    from robot_bridge.config import BridgeConfig
 
     proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
     env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=140)
     rows, samples = [], {}
     log = args.out / "server.jsonl"  # only its cost matters here: removed at the end
     for image in (False, True):

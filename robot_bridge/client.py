@@ -4,14 +4,14 @@
 stream of observations. `RemoteRobotEnv` wraps it as a Gymnasium env with the robot's observation
 dict, so `agent/loop.py` drives a robot exactly as it drives a simulation. It adds what a network
 needs: the age of every observation (stale ones are flagged), the action really applied (from the
-robot), and a reconnect when the link drops.
+robot), arming, and a reconnect when the link drops.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
 from typing import Any
 
 import gymnasium
@@ -20,41 +20,15 @@ import zmq
 from gymnasium import spaces
 
 from robot_bridge import protocol as p
+from robot_bridge.config import BridgeConfig
 from robot_bridge.keys import load_pair, load_public
 from robot_bridge.spec import RobotSpec
+
+CLOCK_SAMPLES = 16  # heartbeat round trips kept; the shortest gives the clock offset
 
 
 class RobotFault(RuntimeError):
     """The robot refuses to be driven: it is faulted (e-stop, driver error) or disarmed."""
-
-
-@dataclass
-class BridgeConfig:
-    connect: str = "tcp://127.0.0.1:5555"
-    server_key: str | None = None  # the robot's public key file (server.key): turns CURVE on
-    client_key: str | None = None  # this agent's secret key file (client.key_secret)
-    max_obs_age_s: float = 0.0  # older observations are stale and not planned on; 0: 2 control periods
-    step_timeout_s: float = 1.0  # wait this long for the observation that shows a command applied
-    connect_timeout_s: float = 3.0
-    reconnect_tries: int = 5  # after a dropped link, before giving up
-    arm: bool = True  # arm the robot after connecting; false leaves it as it is (read-only if disarmed)
-    clear_fault: bool = False  # arm even over a latched fault (an explicit re-arm)
-    episode_steps: int = 200  # agent steps per episode: a robot has no episodes of its own
-    normalize_actions: bool = True  # the agent acts in [-1, 1]; the bridge maps that onto the robot's limits
-    think_fraction: float = 0.6  # the planner's deadline is at most this share of a control period
-
-    def validate(self) -> None:
-        for name in ("step_timeout_s", "connect_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"bridge.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_obs_age_s < 0:
-            raise ValueError(f"bridge.max_obs_age_s must be >= 0, got {self.max_obs_age_s}")
-        if not 0 < self.think_fraction <= 1:
-            raise ValueError(f"bridge.think_fraction must be in (0, 1], got {self.think_fraction}")
-        if self.episode_steps < 1:
-            raise ValueError(f"bridge.episode_steps must be >= 1, got {self.episode_steps}")
-        if (self.server_key is None) != (self.client_key is None):
-            raise ValueError("bridge.server_key and bridge.client_key go together: CURVE needs both")
 
 
 class RobotClient:
@@ -68,17 +42,19 @@ class RobotClient:
         self.spec: RobotSpec | None = None
         self.limits: dict[str, Any] = {}
         self.mode = "?"
-        self.clock_offset_ns = 0  # server clock minus ours, from hello
-        self.errors: list[p.Message] = []  # error replies not yet looked at
+        self.clock_offset_ns = 0  # the robot's clock minus ours
+        self.clock_samples: deque[tuple[int, int]] = deque(maxlen=CLOCK_SAMPLES)  # (round trip, offset) ns
+        self.last_sync = 0.0
         self.reconnects = 0
+        self.bad_messages = 0  # messages from the robot that broke the protocol, skipped
 
     # ---- the link ---------------------------------------------------------------------------
 
     def connect(self) -> RobotSpec:
         self._open()
-        t0 = time.time_ns()
-        self.send(p.HELLO, {"agent": self.agent_name, "id": uuid.uuid4().hex})
-        reply = self._wait_for(lambda m: m.type in (p.WELCOME, p.ERROR), self.cfg.connect_timeout_s)
+        seq = self.send(p.HELLO, {"agent": self.agent_name, "id": uuid.uuid4().hex})
+        reply = self.wait_for(lambda m: m.type == p.WELCOME or m.type == p.ERROR and m.body.get("ref_seq") == seq,
+                              self.cfg.connect_timeout_s)
         if reply is None:
             self._close_socket()
             curve = (" and that its authorized_clients folder holds this agent's public key"
@@ -88,25 +64,14 @@ class RobotClient:
         if reply.type == p.ERROR:
             self._close_socket()
             raise ConnectionError(f"{self.cfg.connect} refused hello: {reply.body.get('code')}: {reply.body.get('detail')}")
-        t3 = time.time_ns()
         self.spec = RobotSpec.from_wire(reply.body.get("spec"))
-        self.session, self.mode = reply.session, reply.body.get("mode", "?")
+        self.session, self.mode = str(reply.body.get("session", reply.session)), reply.body.get("mode", "?")
         self.limits = dict(reply.body.get("limits") or {})
-        self.clock_offset_ns = reply.t_ns - (t0 + t3) // 2  # NTP's estimate, good to half the round trip
-        self.sync_clock()
+        self.clock_samples.clear()
+        for _ in range(8):  # a first estimate of the clock offset before the first observation
+            self.heartbeat()
+            self.wait_for(lambda m: m.type == p.HEARTBEAT, 0.5)
         return self.spec
-
-    def sync_clock(self, samples: int = 8) -> None:
-        """Refine the clock offset with heartbeats: the one with the shortest round trip is the
-        least skewed by waiting (the robot answers between its control ticks)."""
-        best_rtt = None
-        for _ in range(samples):
-            t0 = time.time_ns()
-            seq = self.send(p.HEARTBEAT)
-            reply = self._wait_for(lambda m: m.type == p.HEARTBEAT and m.body.get("echo_seq") == seq, 0.5)
-            t3 = time.time_ns()
-            if reply is not None and (best_rtt is None or t3 - t0 < best_rtt):
-                best_rtt, self.clock_offset_ns = t3 - t0, reply.t_ns - (t0 + t3) // 2
 
     def reconnect(self) -> RobotSpec:
         """A fresh socket and session, retried with growing waits; the robot's spec must not change."""
@@ -126,14 +91,14 @@ class RobotClient:
                 raise ConnectionError(f"{self.cfg.connect} came back as a different robot ({spec.name}); not driving it")
             self.reconnects += 1
             return spec
-        raise AssertionError("unreachable")
+        raise ConnectionError(f"{self.cfg.connect}: no reconnect in {self.cfg.reconnect_tries} tries")
 
     def close(self, say_bye: bool = True) -> None:
         if self.socket is None:
             return
         if say_bye and self.session:
-            self.send(p.BYE)
-            self._wait_for(lambda m: m.type == p.ACK and m.body.get("type") == p.BYE, 0.2)
+            seq = self.send(p.BYE)
+            self.wait_for(lambda m: m.type == p.ACK and m.body.get("ref_seq") == seq, 0.2)
         self._close_socket()
 
     def _open(self) -> None:
@@ -148,7 +113,7 @@ class RobotClient:
             sock.curve_publickey, sock.curve_secretkey = public, secret
         sock.connect(self.cfg.connect)
         self.socket = sock
-        self.session, self.errors = "", []
+        self.session = ""
 
     def _close_socket(self) -> None:
         if self.socket is not None:
@@ -159,41 +124,47 @@ class RobotClient:
 
     def send(self, kind: str, body: dict | None = None, arrays: dict[str, np.ndarray] | None = None) -> int:
         self.seq += 1
-        msg = p.Message(kind, self.seq, body or {}, arrays or {}, self.session)
-        p.send(self.socket, p.encode(msg))
+        p.send(self.socket, p.encode(p.Message(kind, self.seq, body or {}, arrays or {}, self.session)))
         return self.seq
 
     def receive(self, timeout_s: float) -> p.Message | None:
-        """The next message, or None after `timeout_s`. Bad messages from the robot are skipped."""
+        """The next good message within `timeout_s`, or None. Messages that break the protocol are
+        counted and skipped; heartbeat replies refine the clock offset on the way."""
         if self.socket is None:
             return None
-        waiting = self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
-        if not waiting and timeout_s <= 0:
-            return None  # cheaper than a receive that raises zmq.Again
-        # a blocking receive with a timeout: one call into libzmq, where poll-then-receive is two
-        self.socket.setsockopt(zmq.RCVTIMEO, 0 if waiting else max(1, int(timeout_s * 1000)))
-        try:
-            msg = p.decode(self.socket.recv_multipart())
-        except zmq.Again:
-            return None
-        except p.ProtocolError:
-            return None
-        if msg.type == p.ERROR:
-            self.errors.append(msg)
-        return msg
-
-    def _wait_for(self, wanted, timeout_s: float) -> p.Message | None:
         deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.receive(left)
-            if msg is not None and wanted(msg):
+        while True:
+            waiting = self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            left = deadline - time.monotonic()
+            if not waiting and left <= 0:
+                return None  # cheaper than a receive that raises zmq.Again
+            # a blocking receive with a timeout: one call into libzmq, where poll-then-receive is two
+            self.socket.setsockopt(zmq.RCVTIMEO, 0 if waiting else max(1, int(left * 1000)))
+            try:
+                frames = self.socket.recv_multipart()
+            except zmq.Again:
+                return None
+            try:
+                msg = p.decode(frames)
+            except p.ProtocolError:
+                self.bad_messages += 1
+                continue
+            if msg.type == p.HEARTBEAT:
+                self._clock_sample(msg)
+            return msg
+
+    def wait_for(self, wanted, timeout_s: float) -> p.Message | None:
+        """The first message within `timeout_s` for which `wanted(message)` is true; others are dropped."""
+        deadline = time.monotonic() + timeout_s
+        while (msg := self.receive(max(0.0, deadline - time.monotonic()))) is not None:
+            if wanted(msg):
                 return msg
         return None
 
     def request(self, kind: str, body: dict | None = None, timeout_s: float = 1.0) -> p.Message:
-        """Send a control message and wait for its ack or error; raises RobotFault on an error."""
+        """Send a control message and wait for its ack; raises RobotFault on an error reply."""
         seq = self.send(kind, body)
-        reply = self._wait_for(lambda m: m.type in (p.ACK, p.ERROR) and m.body.get("ref_seq") == seq, timeout_s)
+        reply = self.wait_for(lambda m: m.type in (p.ACK, p.ERROR) and m.body.get("ref_seq") == seq, timeout_s)
         if reply is None:
             raise ConnectionError(f"{self.cfg.connect}: no answer to {kind} within {timeout_s} s")
         if reply.type == p.ERROR:
@@ -203,10 +174,27 @@ class RobotClient:
 
     def status(self, timeout_s: float = 1.0) -> dict:
         self.send(p.STATUS)
-        reply = self._wait_for(lambda m: m.type == p.STATUS, timeout_s)
+        reply = self.wait_for(lambda m: m.type == p.STATUS, timeout_s)
         if reply is None:
             raise ConnectionError(f"{self.cfg.connect}: no status within {timeout_s} s")
         return reply.body
+
+    # ---- the robot's clock ------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Ask for a heartbeat; its reply, whenever it is read, refines the clock offset."""
+        self.send(p.HEARTBEAT)
+        self.last_sync = time.monotonic()
+
+    def _clock_sample(self, reply: p.Message) -> None:
+        sent = reply.body.get("echo_t_ns")
+        if not isinstance(sent, int):
+            return
+        now = time.time_ns()
+        # NTP's estimate: the robot stamped its reply halfway through the round trip, give or take
+        # half of it; the shortest recent round trip is the least skewed, and drift is followed
+        self.clock_samples.append((now - sent, reply.t_ns - (sent + now) // 2))
+        self.clock_offset_ns = min(self.clock_samples)[1]
 
     def age_s(self, obs: p.Message) -> float:
         """Seconds since the robot captured `obs`, on our clock."""
@@ -220,16 +208,18 @@ class RemoteRobotEnv(gymnasium.Env):
     Action: [-1, 1] per dimension, mapped onto the robot's limits (or the limits themselves without
     normalize_actions); the server clips and limits it again.
     Reward: 0.0 (a robot has none); the agent's objective sets it (`agent/objectives.py`).
-    info: stale (bool), obs_age_s, tick, action_sent, action_applied, command_applied (bool),
-    reconnected (bool), mode.
+    info: stale (bool, at arrival), stale_at (time.monotonic() after which the observation is stale),
+    obs_age_s, tick, action_sent, action_applied, command_applied (bool), reconnected (bool), mode,
+    and the running counts dropped_commands and bad_observations.
     Episodes are `episode_steps` long and end truncated; a robot that can reset its scene (the `sim`
-    driver) starts a new one at every reset().
+    driver) starts a new one at every reset(). The robot is armed before the first command and after
+    a watchdog disarm (with `arm`), never over a latched fault unless `clear_fault` is given.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, cfg: BridgeConfig, agent_name: str = "omniloop") -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: BridgeConfig, agent_name: str = "omniloop", clear_fault: bool = False) -> None:
+        self.cfg, self.clear_fault = cfg, clear_fault
         self.client = RobotClient(cfg, agent_name)
         self.spec_ = self.client.connect()
         self.observation_space = spaces.Dict({k: box_of(f) for k, f in self.spec_.observation.items()})
@@ -245,10 +235,9 @@ class RemoteRobotEnv(gymnasium.Env):
         self._newest: p.Message | None = None
         self._t = 0
         self._reconnected = False
+        self._disarmed = False
         self.dropped_commands = 0  # commands the robot refused (rate limit, shape, NaN, old session)
         self.bad_observations = 0  # observations that did not match the spec, skipped
-        if cfg.arm:
-            self.client.request(p.ARM, {"clear_fault": cfg.clear_fault})
 
     @property
     def control_period(self) -> float:
@@ -260,31 +249,59 @@ class RemoteRobotEnv(gymnasium.Env):
         The loop does that instead of planning on a stale observation."""
         super().reset(seed=seed)
         if options and options.get("hold"):
-            after = self._newest_tick()
-            seq = self._with_reconnect(lambda: self.client.send(p.COMMAND, {"obs_tick": after, "hold": True}))
-            obs_msg = self._next_observation(after_tick=after, command_seq=seq)
-            return self._observation(obs_msg), self._info(obs_msg, None, obs_msg.body.get("command_seq") == seq)
+            return self._send_and_observe({"hold": True}, None)
         if self.spec_.can_reset:
-            self._with_reconnect(lambda: self.client.request(p.RESET))
+            try:
+                self.client.request(p.RESET)
+            except ConnectionError:
+                self._reconnect()
+                self.client.request(p.RESET)
         self._t = 0
         obs_msg = self._next_observation(after_tick=self._newest_tick())
         return self._observation(obs_msg), self._info(obs_msg, None, False)
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, np.float32).reshape(self.action_space.shape)
-        after = self._newest_tick()
-        wire = self._to_robot(action)
-        seq = self._with_reconnect(lambda: self.client.send(p.COMMAND, {"obs_tick": after}, {"action": wire}))
-        obs_msg = self._next_observation(after_tick=after, command_seq=seq)
+        obs, info = self._send_and_observe({}, action)
         self._t += 1
-        applied = obs_msg.body.get("command_seq") == seq
-        info = self._info(obs_msg, action, applied)
-        return self._observation(obs_msg), 0.0, False, self._t >= self.cfg.episode_steps, info
+        return obs, 0.0, False, self._t >= self.cfg.episode_steps, info
 
     def close(self) -> None:
         self.client.close()
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _send_and_observe(self, body: dict, action: np.ndarray | None):
+        """Send one command (an action, or a hold), then return the observation that shows it applied.
+        A robot that the watchdog disarmed while we were away (learning, saving) is re-armed, once."""
+        self._ready_to_command()
+        arrays = {} if action is None else {"action": self._to_robot(action)}
+        for attempt in range(2):
+            after = self._newest_tick()
+            seq = self.client.send(p.COMMAND, {"obs_tick": after, **body}, arrays)
+            if time.monotonic() - self.client.last_sync > self.cfg.clock_sync_s:
+                self.client.heartbeat()  # its reply is read with the observations
+            self._disarmed = False
+            obs_msg = self._next_observation(after_tick=after, command_seq=seq)
+            if not self._disarmed or attempt:
+                break
+            self._arm()
+        return self._observation(obs_msg), self._info(obs_msg, action, obs_msg.body.get("command_seq") == seq)
+
+    def _ready_to_command(self) -> None:
+        """Arm the robot if it is disarmed (at the start, or after the watchdog's safe state) and we may."""
+        mode = self._newest.body.get("mode") if self._newest is not None else self.client.mode
+        if mode == "armed" or not self.cfg.arm:
+            return
+        if mode == "faulted" and not self.clear_fault:
+            fault = self._newest.body.get("fault") if self._newest is not None else "?"
+            raise RobotFault(f"the robot is faulted ({fault}); re-arm it with --clear-fault")
+        self._arm()
+
+    def _arm(self) -> None:
+        self.client.request(p.ARM, {"clear_fault": self.clear_fault})
+        self.clear_fault = False  # one explicit re-arm, not a standing permission
+        self._newest = self._next_observation(after_tick=self._newest_tick())  # one that shows it armed
 
     def _newest_tick(self) -> int:
         return int(self._newest.body.get("tick", -1)) if self._newest is not None else -1
@@ -293,14 +310,15 @@ class RemoteRobotEnv(gymnasium.Env):
         """The first observation after `after_tick` that shows `command_seq` applied (any one after
         `after_tick` if None), waiting up to step_timeout_s. If the command is not applied by then,
         the newest observation there is (`_info` says so, and flags it stale if it is old). If no
-        observation came at all, the link is down: reconnect, re-arm, and take the first one."""
+        observation came at all, the link is down: reconnect, and take the first one."""
         deadline = time.monotonic() + self.cfg.step_timeout_s
         best: p.Message | None = None
+        reconnected = self._reconnected
         while (msg := self.client.receive(max(0.0, deadline - time.monotonic()))) is not None:
             if self._refused(msg, command_seq):
                 command_seq = None  # it will never be applied: the next observation will do
-            if self._reconnected:
-                after_tick = -1  # a restarted server counts its ticks from the start again
+            if self._reconnected and not reconnected:  # a new session counts its ticks from the start
+                reconnected, after_tick, deadline = True, -1, time.monotonic() + self.cfg.step_timeout_s
             if msg.type != p.OBS or int(msg.body.get("tick", -1)) <= after_tick or not self._valid(msg):
                 continue
             best = self._newest = msg
@@ -312,19 +330,17 @@ class RemoteRobotEnv(gymnasium.Env):
                 return best
         if best is not None:
             return best
-        self.client.reconnect()
-        self._reconnected = True
-        if self.cfg.arm:
-            self.client.request(p.ARM, {"clear_fault": False})
-        return self._first_observation()
-
-    def _first_observation(self) -> p.Message:
+        self._reconnect()
         deadline = time.monotonic() + self.cfg.step_timeout_s
         while (msg := self.client.receive(max(0.0, deadline - time.monotonic()))) is not None:
             if msg.type == p.OBS and self._valid(msg):
                 self._newest = msg
                 return msg
         raise ConnectionError(f"{self.cfg.connect}: connected, but no observation within {self.cfg.step_timeout_s} s")
+
+    def _reconnect(self) -> None:
+        self.client.reconnect()
+        self._newest, self._reconnected = None, True  # the next command re-arms, if we may
 
     def _valid(self, msg: p.Message) -> bool:
         """An observation with every feature of the spec, of the right shape, and the applied action;
@@ -340,28 +356,23 @@ class RemoteRobotEnv(gymnasium.Env):
         return True
 
     def _refused(self, msg: p.Message, command_seq: int | None) -> bool:
-        """Raise RobotFault if the robot faulted or refuses to be driven; True if it dropped our command."""
+        """Raise if the robot faulted, refuses to be driven, or went to another agent; True if it
+        dropped our command (rate limit, shape, a restart that forgot our session)."""
         if msg.type == p.FAULT:
-            raise RobotFault(f"the robot faulted: {msg.body.get('reason')}; re-arm it with bridge.clear_fault=true")
+            raise RobotFault(f"the robot faulted: {msg.body.get('reason')}; re-arm it with --clear-fault")
         if msg.type != p.ERROR or command_seq is None or msg.body.get("ref_seq") != command_seq:
             return False
         code = msg.body.get("code")
-        if code in (p.DISARMED, p.FAULTED):
+        if code == p.DISARMED and self.cfg.arm:
+            self._disarmed = True  # the watchdog disarmed it while we were away: `_send_and_observe` re-arms
+        elif code in (p.DISARMED, p.FAULTED):
             raise RobotFault(f"the robot refused the command: {code}: {msg.body.get('detail')}")
+        if code == p.REPLACED:
+            raise ConnectionError(f"{self.cfg.connect}: another agent took over the robot")
         if code == p.NO_SESSION:  # the server restarted and no longer knows us
-            self.client.reconnect()
-            self._reconnected = True
-            if self.cfg.arm:
-                self.client.request(p.ARM, {"clear_fault": False})
+            self._reconnect()
         self.dropped_commands += 1
         return True
-
-    def _with_reconnect(self, send):
-        try:
-            return send()
-        except (zmq.ZMQError, ConnectionError):
-            self.client.reconnect()
-            return send()
 
     def _to_robot(self, action: np.ndarray) -> np.ndarray:
         """An action in the agent's units -> the robot's (the identity without normalize_actions)."""
@@ -376,10 +387,11 @@ class RemoteRobotEnv(gymnasium.Env):
     def _info(self, msg: p.Message, sent: np.ndarray | None, applied: bool) -> dict[str, Any]:
         age = self.client.age_s(msg)
         reconnected, self._reconnected = self._reconnected, False
-        return {"stale": age > self.max_age_s, "obs_age_s": age, "tick": int(msg.body.get("tick", -1)),
-                "action_sent": sent, "action_applied": self._from_robot(np.array(msg.arrays["applied"], np.float32)),
-                "command_applied": applied,
-                "reconnected": reconnected, "mode": msg.body.get("mode")}
+        return {"stale": age > self.max_age_s, "stale_at": time.monotonic() + self.max_age_s - age,
+                "obs_age_s": age, "tick": int(msg.body.get("tick", -1)), "action_sent": sent,
+                "action_applied": self._from_robot(np.array(msg.arrays["applied"], np.float32)),
+                "command_applied": applied, "reconnected": reconnected, "mode": msg.body.get("mode"),
+                "dropped_commands": self.dropped_commands, "bad_observations": self.bad_observations}
 
 
 def box_of(feature) -> spaces.Box:

@@ -9,8 +9,8 @@ gripper may stop on contact, and that is what the episode records.
     driver.connect()         open the hardware; raise DriverError with the reason if it is not there
     driver.get_observation() {feature name: array} as the spec says
     driver.send_action(a)    apply a (A,) float32 action; return the action really applied
-    driver.hold()            what to do when no valid command came in time; returns what it applied
-    driver.safe_state()      the state to fall back to after a long silence, a fault or an e-stop
+    driver.hold()            stay put for one period (no command in time, or disarmed); returns what it applied
+    driver.safe_state()      the state to fall back to after a long silence, a fault or an e-stop (idempotent)
     driver.disconnect()
 """
 
@@ -49,15 +49,15 @@ class Driver(ABC):
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Apply `action` (A,) float32, already within the spec's limits; return what was applied."""
 
+    @abstractmethod
     def hold(self) -> np.ndarray:
-        """No valid command arrived in time. The default repeats nothing: it applies the action at
-        the middle of the limits (zero torque or velocity for symmetric limits). A position-controlled
-        arm should override this to keep its current pose."""
-        spec = self.spec
-        return self.send_action(np.clip(np.zeros(spec.action_dim, np.float32), spec.action_low, spec.action_high))
+        """Stay where you are, for one control period: no valid command came in time, or the robot is
+        disarmed. What that means is the driver's to say (zero velocity for a velocity-controlled base,
+        the current pose for a position-controlled arm), so there is no default. Returns what was applied."""
 
     def safe_state(self) -> np.ndarray:
-        """Go to the robot's safe state (brakes, zero torque, gripper as it is); by default, hold."""
+        """Go to, or stay in, the robot's safe state (brakes, zero torque); called every control period
+        while the robot is faulted or timed out, so it must be idempotent. By default, hold."""
         return self.hold()
 
     def reset(self) -> None:

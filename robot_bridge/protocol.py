@@ -43,7 +43,6 @@ DTYPES = frozenset({"uint8", "int16", "int32", "int64", "float32", "float64"})
 # dtype <-> name lookups: numpy's `dtype.name` is a Python property that costs microseconds per call
 _WIRE_DTYPE = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 _WIRE_NAME = {dtype: name for name, dtype in _WIRE_DTYPE.items()}
-ZERO_COPY_BYTES = 64 * 1024  # below this, copying a frame is cheaper than tracking its buffer
 
 # Error codes of an `error` reply (body {"code", "detail", "ref_seq"}).
 MALFORMED = "malformed"  # not msgpack, not a map, a field missing or of the wrong type
@@ -53,7 +52,8 @@ TOO_LARGE = "too_large"
 BAD_SHAPE = "bad_shape"
 NOT_FINITE = "not_finite"
 OLD_SEQ = "old_seq"
-NO_SESSION = "no_session"  # a command or control message before hello, or from a replaced session
+NO_SESSION = "no_session"  # a session message before hello, or from a session the robot does not know
+REPLACED = "replaced"  # a message from a session that a later hello (another agent, or a reconnect) replaced
 DISARMED = "disarmed"
 FAULTED = "faulted"
 RATE_LIMITED = "rate_limited"
@@ -104,7 +104,9 @@ def decode(frames: list[bytes]) -> Message:
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise ProtocolError(TOO_LARGE, f"header of {len(frames[0])} bytes, the limit is {MAX_HEADER_BYTES}")
     try:
-        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True, ext_hook=_no_extensions)
+    except ProtocolError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
         raise ProtocolError(MALFORMED, f"header is not msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):
@@ -130,6 +132,10 @@ def decode(frames: list[bytes]) -> Message:
         name, array = _array(descriptor, raw, seq)
         arrays[name] = array
     return Message(kind, seq, body, arrays, session, t_ns)
+
+
+def _no_extensions(code: int, data: bytes):
+    raise ProtocolError(MALFORMED, f"msgpack extension type {code} in the header: the protocol has none")
 
 
 def _field(header: dict, name: str, kind: type, seq: int | None) -> Any:
@@ -159,9 +165,9 @@ def _array(descriptor: Any, raw: bytes, seq: int) -> tuple[str, np.ndarray]:
 
 
 def send(sock, frames: list[bytes | memoryview], flags: int = 0) -> None:
-    """Send one message's frames (a ROUTER's routing id first): small ones copied, big ones not."""
-    sock.send_multipart(frames, flags, copy=max(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
-                        < ZERO_COPY_BYTES)
+    """Send one message's frames (a ROUTER's routing id first), copied: zero-copy costs more than a
+    copy below 64 KiB, and above it a driver that reuses its buffers would race the send."""
+    sock.send_multipart(frames, flags, copy=True)
 
 
 def error(code: str, detail: str, ref_seq: int | None, seq: int, session: str = "") -> Message:

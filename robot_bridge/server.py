@@ -40,7 +40,8 @@ from robot_bridge.safety import RateLimiter, SafetyConfig, Watchdog, limit_actio
 
 log = logging.getLogger("omniloop.robot_server")
 
-SEND_HWM = 64  # messages queued for a slow agent before the oldest observations are dropped
+SEND_HWM = 64  # messages queued for a slow agent; beyond, new ones are dropped and counted
+DRAIN_MAX = 64  # messages answered between two ticks at most: a flood cannot stop the clock
 LOG_FLUSH_TICKS = 100  # the stream of commands and applied actions reaches the disk every 100 ticks
 FINE_WAIT_S = 100e-6  # the nap between socket checks in a tick's last 2 ms
 RTT_WINDOW = 4096  # the latest observation-to-command round trips kept for `status`
@@ -85,7 +86,6 @@ class ServerConfig:
 class Pending:
     seq: int
     action: np.ndarray | None  # None: an explicit hold
-    received: float  # monotonic
 
 
 class RobotServer:
@@ -99,7 +99,9 @@ class RobotServer:
         self.rate = RateLimiter(cfg.safety.max_command_hz or 4.0 * self.spec.control_hz)
         self.mode = "armed" if cfg.safety.start_armed else "disarmed"
         self.fault: str | None = None
+        self.safe = False  # the driver is in its safe state: it stays there until an arm
         self.session, self.peer, self.peer_seq = "", b"", -1
+        self.replaced: deque[str] = deque(maxlen=8)  # sessions that a later hello replaced
         self.pending: Pending | None = None
         self.last_command: Pending | None = None  # the command in force, for the zero-order hold
         self.last_applied: np.ndarray | None = None
@@ -124,6 +126,7 @@ class RobotServer:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue or a gone peer raises, so it is counted
         sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         if self.cfg.keys:
             keys = Path(self.cfg.keys)
@@ -157,6 +160,8 @@ class RobotServer:
             return
         self.driver.connect()
         self.opened = True
+        if self.mode == "armed":  # started armed: silence from now on counts towards hold and safe state
+            self.watchdog.fed(time.monotonic())
         if self.cfg.log:
             self._log = EventLog(self.cfg.log)
 
@@ -199,23 +204,31 @@ class RobotServer:
             if self.monitor is not None and self.monitor in events:
                 self._auth_event()
             if self.socket in events:
-                self._drain()
+                self._drain(next_tick)
                 if self.cfg.lockstep and self.pending is not None and self.mode == "armed":
                     return True
             elif timeout == 0:
                 time.sleep(min(FINE_WAIT_S, max(0.0, next_tick - time.monotonic())))
-        self._drain()  # what arrived during the last nap
+        self._drain(next_tick)  # what arrived during the last nap
         return False
 
-    def _drain(self) -> None:
-        # ask whether a message is waiting rather than catch zmq.Again: the exception costs more
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+    def _drain(self, next_tick: float) -> None:
+        """Answer waiting messages: at most DRAIN_MAX, and once the tick is due at least one."""
+        for handled in range(DRAIN_MAX):
+            if handled and time.monotonic() >= next_tick:
+                return
+            # ask whether a message is waiting rather than catch zmq.Again: the exception costs more
+            if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             self._handle(self.socket.recv_multipart(zmq.NOBLOCK))
 
     def _tick(self) -> None:
         now = time.monotonic()
         self.tick += 1
         applied, command_seq = self._act(now)
+        self.last_applied = applied
+        if self._log is not None:
+            self._log.applied(self.tick, command_seq, self.mode, self.watch_state, applied)
         try:
             obs = self.driver.get_observation()
             for name, feature in self.spec.observation.items():
@@ -233,29 +246,24 @@ class RobotServer:
             self._send(p.Message(p.OBS, self._next_seq(), body, arrays, self.session, t_ns))
             self.obs_sent_ns[self.tick] = time.perf_counter_ns()
             self.obs_sent_ns.pop(self.tick - 256, None)
-        self.last_applied = applied
-        if self._log is not None:
-            self._log.applied(self.tick, command_seq, self.mode, self.watch_state, applied)
 
     def _act(self, now: float) -> tuple[np.ndarray, int | None]:
         """Apply this tick's action through the driver; returns it and the seq of the command it obeys."""
         spec = self.spec
         try:
-            if self.mode == "faulted":
-                return np.asarray(self.driver.safe_state(), np.float32), None
-            if self.mode != "armed":
-                return np.asarray(self.driver.hold(), np.float32), None
+            if self.mode == "faulted" or self.safe:
+                return self._applied(self.driver.safe_state()), None
+            if self.mode != "armed":  # disarmed: observations flow, the robot holds
+                return self._applied(self.driver.hold()), None
             state = self.watchdog.state(now)
             if state != self.watch_state:
                 self.record("watchdog", state=state, silence_s=round(now - (self.watchdog.last_command or now), 4))
                 log.info("watchdog: %s", state)
                 self.watch_state = state
             if state == Watchdog.SAFE:
-                applied = np.asarray(self.driver.safe_state(), np.float32)
-                self.mode = "disarmed"
+                self._disarm(f"no command for {self.cfg.safety.safe_after_s} s: safe state", safe=True)
                 self.counts["safe_states"] += 1
-                self.record("disarm", reason=f"no command for {self.cfg.safety.safe_after_s} s: safe state")
-                return applied, None
+                return self._applied(self.driver.safe_state()), None
             # a fresh command, else the one in force while the watchdog allows it, else hold
             command = self.pending or (self.last_command if state == Watchdog.RUN else None)
             self.pending = None
@@ -263,22 +271,33 @@ class RobotServer:
                 self.last_command = command
             if command is None or command.action is None:
                 self.counts["holds"] += 1
-                return np.asarray(self.driver.hold(), np.float32), command.seq if command else None
+                return self._applied(self.driver.hold()), command.seq if command else None
             limited = limit_action(command.action, spec.action_low, spec.action_high, self.last_applied,
                                    self.cfg.safety.max_delta)
-            applied = np.asarray(self.driver.send_action(limited), np.float32)
-            return applied, command.seq
+            return self._applied(self.driver.send_action(limited)), command.seq
         except Exception as exc:
             self._set_fault(f"driver failed to act: {type(exc).__name__}: {exc}")
             return np.full(spec.action_dim, np.nan, np.float32), None  # what the hardware did is unknown
 
+    def _applied(self, action) -> np.ndarray:
+        applied = np.asarray(action, np.float32)
+        if applied.shape != (self.spec.action_dim,):
+            raise ValueError(f"the driver reports an applied action of shape {list(applied.shape)}, "
+                             f"its spec says {[self.spec.action_dim]}")
+        return applied
+
+    def _disarm(self, reason: str, safe: bool = False) -> None:
+        """Refuse commands from now on, and forget the ones in flight; `safe`: stay in the safe state."""
+        if self.mode == "armed":
+            self.mode = "disarmed"
+        self.safe = self.safe or safe
+        self.pending = self.last_command = None
+        self.record("disarm", reason=reason, safe=self.safe)
+
     # ---- messages ---------------------------------------------------------------------------
 
     def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) < 2:
-            self.drops[p.MALFORMED] += 1  # nothing after the identity: there is nobody to answer
-            return
-        peer, payload = frames[0], frames[1:]
+        peer, payload = frames[0], frames[1:]  # a ROUTER always gives the routing id and at least one frame
         try:
             msg = p.decode(payload)
             self._dispatch(peer, msg)
@@ -305,6 +324,8 @@ class RobotServer:
         if kind not in (p.COMMAND, p.HEARTBEAT, p.ARM, p.DISARM, p.RESET, p.BYE):
             raise p.ProtocolError(p.UNSUPPORTED, f"{kind!r} is a message the robot sends, not one it takes", msg.seq)
         if not self.session or msg.session != self.session or peer != self.peer:
+            if msg.session and msg.session in self.replaced:
+                raise p.ProtocolError(p.REPLACED, "a later hello replaced this session", msg.seq)
             raise p.ProtocolError(p.NO_SESSION, "no session with this peer: send hello first", msg.seq)
         if msg.seq <= self.peer_seq:
             raise p.ProtocolError(p.OLD_SEQ, f"seq {msg.seq} is not after {self.peer_seq}", msg.seq)
@@ -317,8 +338,7 @@ class RobotServer:
         elif kind == p.ARM:
             self._arm(peer, msg)
         elif kind == p.DISARM:
-            self.mode = "disarmed"
-            self.record("disarm", reason="asked by the agent")
+            self._disarm("asked by the agent")  # a faulted robot stays faulted
             self._ack(peer, msg)
         elif kind == p.RESET:
             if not self.spec.can_reset:
@@ -329,19 +349,22 @@ class RobotServer:
                 self._set_fault(f"driver reset failed: {type(exc).__name__}: {exc}")
                 raise p.ProtocolError(p.FAULTED, self.fault, msg.seq) from None
             self.last_applied = None
+            self.pending = self.last_command = None  # a command for the old scene means nothing in the new one
             self._ack(peer, msg)
         elif kind == p.BYE:
             self.record("bye", session=self.session)
-            self.session, self.peer, self.last_command = "", b"", None
             self._ack(peer, msg)
+            self.session, self.peer = "", b""
+            self.pending = self.last_command = None
 
     def _hello(self, peer: bytes, msg: p.Message) -> None:
         if self.session:
             self.record("session_replaced", old=self.session)
+            self.replaced.append(self.session)
         self.session, self.peer, self.peer_seq = uuid.uuid4().hex, peer, msg.seq
         self.pending = self.last_command = None
         agent = str(msg.body.get("agent", "?"))[:80]
-        self.record("hello", session=self.session, agent=agent)
+        self.record("hello", session=self.session, agent=agent, agent_id=str(msg.body.get("id", ""))[:64])
         log.info("session %s for agent %s", self.session[:8], agent)
         limits = {"hold_after_s": self.watchdog.hold_after_s, "safe_after_s": self.watchdog.safe_after_s,
                   "max_delta": self.cfg.safety.max_delta, "max_command_hz": self.rate.hz,
@@ -351,50 +374,65 @@ class RobotServer:
         self._reply(peer, p.Message(p.WELCOME, self._next_seq(), body, session=self.session))
 
     def _command(self, msg: p.Message) -> None:
-        now = time.monotonic()
+        """Accept a command as the next tick's action, or refuse it; either way it is logged."""
+        try:
+            action = self._checked_action(msg)
+        except p.ProtocolError as exc:
+            if self._log is not None:
+                raw = msg.arrays.get("action")
+                self._log.command(msg.seq, None if raw is None else raw.ravel()[:16], refused=exc.code)
+            raise
+        sent = self.obs_sent_ns.get(msg.body.get("obs_tick"))
+        if sent is not None:
+            self.rtts_us.append((time.perf_counter_ns() - sent) / 1000)
+        self.pending = Pending(msg.seq, action)
+        self.watchdog.fed(time.monotonic())
+        self.counts["commands"] += 1
+        if self._log is not None:
+            self._log.command(msg.seq, action)
+
+    def _checked_action(self, msg: p.Message) -> np.ndarray | None:
+        """The command's action as float32 (None for a hold), after every check; the rate limit
+        comes last, so a command refused for its content costs no rate budget."""
         if self.mode == "faulted":
             raise p.ProtocolError(p.FAULTED, f"fault latched ({self.fault}); send arm with clear_fault", msg.seq)
         if self.mode != "armed":
             raise p.ProtocolError(p.DISARMED, "the robot is disarmed: observations only; send arm", msg.seq)
-        if not self.rate.allow(now):
-            raise p.ProtocolError(p.RATE_LIMITED, f"more than {self.rate.hz:g} commands/s", msg.seq)
-        sent = self.obs_sent_ns.get(msg.body.get("obs_tick", -1))
-        if sent is not None:
-            self.rtts_us.append((time.perf_counter_ns() - sent) / 1000)
-        if msg.body.get("hold"):
-            action = None
-        else:
+        obs_tick, hold = msg.body.get("obs_tick"), msg.body.get("hold", False)
+        if obs_tick is not None and (not isinstance(obs_tick, int) or isinstance(obs_tick, bool)) or not isinstance(hold, bool):
+            raise p.ProtocolError(p.MALFORMED, "command body: obs_tick must be an int, hold a bool", msg.seq)
+        action = None
+        if not hold:
             action = msg.arrays.get("action")
             want = (self.spec.action_dim,)
             if action is None or action.shape != want:
                 shape = None if action is None else list(action.shape)
                 raise p.ProtocolError(p.BAD_SHAPE, f"action must be float {list(want)}, got {shape}", msg.seq)
             action = action.astype(np.float32)
-            if not np.all(np.isfinite(action)):
+            if not np.isfinite(action).all():
                 raise p.ProtocolError(p.NOT_FINITE, f"action holds NaN or inf: {action.tolist()}", msg.seq)
-        self.pending = Pending(msg.seq, action, now)
-        self.watchdog.fed(now)
-        self.counts["commands"] += 1
-        if self._log is not None:
-            self._log.command(msg.seq, action)
+        if not self.rate.allow(time.monotonic()):
+            raise p.ProtocolError(p.RATE_LIMITED, f"more than {self.rate.hz:g} commands/s", msg.seq)
+        return action
 
     def _arm(self, peer: bytes, msg: p.Message) -> None:
-        if self.mode == "faulted" and not msg.body.get("clear_fault"):
+        if self.fault is not None and msg.body.get("clear_fault") is not True:
             raise p.ProtocolError(p.FAULTED, f"fault latched ({self.fault}); arm with clear_fault to re-arm", msg.seq)
         if self.fault:
             self.record("fault_cleared", fault=self.fault)
-        self.mode, self.fault = "armed", None
+        self.mode, self.fault, self.safe = "armed", None, False
+        self.pending = self.last_command = None  # nothing sent before the arm is applied after it
         self.watchdog.fed(time.monotonic())  # silence from now on counts towards hold and safe state
         self.watch_state = Watchdog.RUN
         self.record("arm", session=self.session)
         self._ack(peer, msg)
 
     def _set_fault(self, reason: str) -> None:
-        if self.mode == "faulted" and self.fault == reason:
-            return  # a driver that keeps failing the same way is one fault, not one per tick
-        first = self.mode != "faulted"
+        if self.mode == "faulted":
+            return  # latched already: the first cause is the one that counts, and a failing driver is one fault
         self.mode, self.fault = "faulted", reason
-        self.counts["faults"] += first
+        self.pending = self.last_command = None
+        self.counts["faults"] += 1
         self.record("fault", reason=reason)
         log.warning("fault: %s", reason)
         try:
@@ -421,8 +459,12 @@ class RobotServer:
     def _reply(self, peer: bytes, msg: p.Message) -> None:
         try:
             p.send(self.socket, [peer, *p.encode(msg)], zmq.NOBLOCK)
-        except zmq.Again:
-            self.drops["reply_queue_full"] += 1
+        except zmq.Again:  # the agent reads slower than we send: this message is dropped
+            self.drops["send_queue_full"] += 1
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.drops["peer_gone"] += 1  # the agent disconnected
 
     def _send(self, msg: p.Message) -> None:
         self._reply(self.peer, msg)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from robot_bridge.protocol import DTYPES, MALFORMED, ProtocolError
+from robot_bridge.protocol import DTYPES, MALFORMED, MAX_ARRAY_BYTES, MAX_DIMS, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class RobotSpec:
                              f"got low={low.tolist()} high={high.tolist()}")
         if not self.control_hz > 0 or not math.isfinite(self.control_hz):
             raise ValueError(f"robot {self.name!r}: control_hz must be > 0, got {self.control_hz}")
+        for key, f in self.observation.items():  # what the wire cannot carry is refused here, not mid-run
+            size = math.prod(f.shape) * np.dtype(f.dtype).itemsize if f.dtype in DTYPES else 0
+            if f.dtype not in DTYPES or len(f.shape) > MAX_DIMS or size > MAX_ARRAY_BYTES:
+                raise ValueError(f"robot {self.name!r}: observation {key!r} ({f.dtype}{list(f.shape)}) cannot go on "
+                                 f"the wire: dtypes {sorted(DTYPES)}, at most {MAX_DIMS} dims and {MAX_ARRAY_BYTES} bytes")
         object.__setattr__(self, "action_low", low)
         object.__setattr__(self, "action_high", high)
 

@@ -20,7 +20,8 @@ import zmq
 
 from agent.metrics import read_metrics
 from robot_bridge import protocol as p
-from robot_bridge.client import BridgeConfig, RemoteRobotEnv, RobotClient, RobotFault
+from robot_bridge.client import RemoteRobotEnv, RobotClient, RobotFault
+from robot_bridge.config import BridgeConfig
 from robot_bridge.driver import DriverError
 from robot_bridge.drivers.camera import Camera
 from robot_bridge.drivers.microphone import Microphone
@@ -146,7 +147,8 @@ def test_the_agent_learns_through_the_bridge_against_the_sim_driver(server, tmp_
 
 AGENT = """
 import sys, numpy as np
-from robot_bridge.client import BridgeConfig, RemoteRobotEnv
+from robot_bridge.client import RemoteRobotEnv
+from robot_bridge.config import BridgeConfig
 env = RemoteRobotEnv(BridgeConfig(connect=sys.argv[1]))
 env.reset()
 print("driving", flush=True)
@@ -161,16 +163,20 @@ def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(server
     assert agent.stdout.readline().strip() == "driving"
     time.sleep(0.5)
     agent.kill()
-    killed = time.time()
     agent.wait()
     hold_after = 3 * PERIOD  # the default: three control periods
     deadline = time.monotonic() + 5
-    while not (holds := [e for e in srv.events("watchdog") if e["state"] == "hold"]) and time.monotonic() < deadline:
+    holds = []
+    while not holds and time.monotonic() < deadline:
         time.sleep(0.05)
+        events = srv.events()  # the watchdog's event is flushed at once, with the commands before it
+        commands = [e["t"] for e in events if e["event"] == "command"]
+        last_command = max(commands, default=math.inf)  # the killed agent's last word
+        holds = [e for e in events if e["event"] == "watchdog" and e["state"] == "hold" and e["t"] > last_command]
     assert holds, "the server never held"
-    measured = holds[0]["t"] - killed
-    print(f"held {measured * 1000:.0f} ms after the agent was killed (watchdog {hold_after * 1000:.0f} ms)")
-    assert measured <= hold_after + PERIOD + 0.1  # one tick to notice, and slack for a loaded machine
+    measured = holds[0]["t"] - last_command  # the server's own clock on both ends
+    print(f"held {measured * 1000:.0f} ms after the last command of the killed agent (watchdog {hold_after * 1000:.0f} ms)")
+    assert hold_after <= measured <= hold_after + PERIOD + 0.05  # the first tick past the watchdog time
     time.sleep(1.2)  # the default safe_after_s is 1 s: a longer silence disarms into the safe state
     assert [e for e in srv.events("watchdog") if e["state"] == "safe"] and srv.events("disarm")
 
@@ -205,9 +211,8 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     peer.send(good(seq=5000))
     assert peer.error_for(good(seq=4000)) == p.OLD_SEQ  # a sequence number from the past
     # beyond libzmq's own limit the connection is dropped before we see a byte; the server stays up
-    flood = RawPeer(srv.endpoint)
-    flood.send([b"\0" * (p.MAX_MESSAGE_BYTES + 1)])
-    # a frame alone on the wire, with nothing after the identity, is a counted drop
+    huge = RawPeer(srv.endpoint)
+    huge.send([b"\0" * (p.MAX_MESSAGE_BYTES + 1)])
     status_peer = RawPeer(srv.endpoint)
     status_peer.send(status_peer.message(p.STATUS))
     status = status_peer.reply(lambda m: m.type == p.STATUS).body
@@ -228,17 +233,18 @@ def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(server)
     srv = server("--driver", "sim", "driver_options.pixels=false", "safety.max_delta=0.5")
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint, normalize_actions=False))
     env.reset()
-    applied = []
+    reported = {}
     for _ in range(3):
         _, _, _, _, info = env.step(np.array([3.0, -7.0], np.float32))
         assert info["command_applied"]
-        applied.append(info["action_applied"])
+        reported[info["tick"]] = info["action_applied"]
     env.close()
-    # never beyond [-1, 1], and at most 0.5 further than the last applied action per tick
-    assert np.allclose(applied[0], [0.5, -0.5]) and np.allclose(applied[1], [1.0, -1.0]), applied
-    assert np.allclose(applied[2], [1.0, -1.0])
-    logged = [e for e in srv.events("applied") if e["command_seq"] is not None]
-    assert np.allclose(logged[-1]["action"], [1.0, -1.0])
+    ticks = [e for e in srv.events("applied") if e["command_seq"] is not None]
+    # the first tick that obeys a command moves 0.5 at most from rest; after that, the limits hold
+    assert np.allclose(ticks[0]["action"], [0.5, -0.5]) and all(np.allclose(e["action"], [1.0, -1.0]) for e in ticks[1:])
+    for e in ticks:  # what the agent was told it applied is what the server applied at that tick
+        if e["tick"] in reported:
+            assert np.allclose(reported[e["tick"]], e["action"])
 
 
 def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes(server):
@@ -247,17 +253,28 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
     client.connect()
     assert client.mode == "disarmed"  # the server starts read-only
     seq = client.send(p.COMMAND, {}, {"action": np.zeros(2, np.float32)})
-    err = client._wait_for(lambda m: m.type == p.ERROR and m.body["ref_seq"] == seq, 1.0)
+    err = client.wait_for(lambda m: m.type == p.ERROR and m.body["ref_seq"] == seq, 1.0)
     assert err.body["code"] == p.DISARMED
-    assert client._wait_for(lambda m: m.type == p.OBS, 1.0) is not None  # observations flow all the same
+    assert client.wait_for(lambda m: m.type == p.OBS, 1.0) is not None  # observations flow all the same
     client.request(p.ARM)
     client.request(p.ESTOP, {"reason": "test"})
-    fault = client._wait_for(lambda m: m.type == p.OBS and m.body["mode"] == "faulted", 1.0)
+    fault = client.wait_for(lambda m: m.type == p.OBS and m.body["mode"] == "faulted", 1.0)
     assert "e-stop" in fault.body["fault"]
     with pytest.raises(RobotFault, match="clear_fault"):
         client.request(p.ARM)  # arming does not clear a latched fault ...
+    client.request(p.DISARM)
+    with pytest.raises(RobotFault, match="clear_fault"):
+        client.request(p.ARM)  # ... nor does a disarm in between ...
     client.request(p.ARM, {"clear_fault": True})  # ... only an explicit re-arm does
     assert client.mode == "armed"
+    # a command sent before a disarm is never applied after the next arm
+    client.send(p.COMMAND, {}, {"action": np.full(2, 0.9, np.float32)})
+    client.request(p.DISARM)
+    client.request(p.ARM)
+    armed_at = client.status()["tick"]
+    for _ in range(3):
+        obs = client.wait_for(lambda m: m.type == p.OBS and m.body["tick"] > armed_at, 1.0)
+        assert np.allclose(obs.arrays["applied"], 0.0) and obs.body["command_seq"] is None  # the hold: no torque
     client.close()
 
 
@@ -328,10 +345,16 @@ def test_protocol_never_unpickles_and_round_trips_arrays():
     assert np.array_equal(back.arrays["image"], msg.arrays["image"]) and back.arrays["proprio"].dtype == np.float32
     import pickle
 
+    import msgpack
+
     with pytest.raises(p.ProtocolError) as exc:
         p.decode([pickle.dumps({"v": 1, "type": "obs"})])
     assert exc.value.code == p.MALFORMED
-    import msgpack
+    # msgpack's extension types (where a pickle could hide) are refused, not decoded
+    sneaky = {"v": 1, "type": "obs", "seq": 1, "t_ns": 0, "session": "", "arrays": [],
+              "body": {"x": msgpack.ExtType(1, pickle.dumps(object()))}}
+    with pytest.raises(p.ProtocolError, match="extension"):
+        p.decode([msgpack.packb(sneaky)])
 
     header = {"v": 1, "type": "obs", "seq": 1, "t_ns": 0, "session": "", "body": {},
               "arrays": [{"name": "x", "dtype": "object", "shape": [1]}]}
@@ -353,12 +376,15 @@ def test_the_camera_reads_frames_from_a_video_file(tmp_path):
     camera.connect()
     try:
         first = camera.read()["image"]
-        time.sleep(0.1)
-        later = camera.read()["image"]
+        seen = {int(first[..., 0].mean())}
+        deadline = time.monotonic() + 5
+        while len(seen) < 3 and time.monotonic() < deadline:  # it plays on, at the file's 50 fps
+            seen.add(int(camera.read()["image"][..., 0].mean()))
+            time.sleep(0.005)
     finally:
         camera.disconnect()
     assert first.shape == (32, 32, 3) and first.dtype == np.uint8
-    assert later[..., 0].mean() != first[..., 0].mean() and later[..., 2].mean() < 10  # RGB, and it plays on
+    assert len(seen) >= 3 and first[..., 2].mean() < 10, seen  # RGB: the red rose in the file's third channel
     with pytest.raises(DriverError, match="cannot open"):
         Camera(str(tmp_path / "missing.avi")).connect()
 
@@ -396,6 +422,8 @@ class Slider(Driver):
         if abs(self.position) > self.travel:
             raise DriverError(f"end stop hit at {self.position:.3f} m")
         return action
+    def hold(self):
+        return self.send_action(np.zeros(1, np.float32))
 '''
 
 

@@ -49,6 +49,11 @@ class SimDriver(Driver):
             raise DriverError("sim driver: get_observation() before connect()")
         return {k: np.asarray(v) for k, v in self._obs.items()}
 
+    def hold(self) -> np.ndarray:
+        """Zero actuation (no torque, for the Reach arm's motors) for one control period: time goes on."""
+        return self.send_action(np.clip(np.zeros(self._spec.action_dim, np.float32), self._spec.action_low,
+                                        self._spec.action_high))
+
     def send_action(self, action: np.ndarray) -> np.ndarray:
         applied = np.clip(np.asarray(action, np.float32), self._spec.action_low, self._spec.action_high)
         self._obs, _, terminated, truncated, _ = self.env.step(applied)
