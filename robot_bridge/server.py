@@ -42,6 +42,7 @@ log = logging.getLogger("omniloop.robot_server")
 
 SEND_HWM = 64  # messages queued for a slow agent; beyond, new ones are dropped and counted
 DRAIN_MAX = 64  # messages answered between two ticks at most: a flood cannot stop the clock
+REPORT_EVERY_S = 10.0  # a status line on the console this often
 LOG_FLUSH_TICKS = 100  # the stream of commands and applied actions reaches the disk every 100 ticks
 FINE_WAIT_S = 100e-6  # the nap between socket checks in a tick's last 2 ms
 RTT_WINDOW = 4096  # the latest observation-to-command round trips kept for `status`
@@ -176,6 +177,7 @@ class RobotServer:
             poller.register(self.monitor, zmq.POLLIN)
         period = self.spec.period
         next_tick = time.monotonic()
+        next_report = next_tick + REPORT_EVERY_S
         try:
             while not self.stop_event.is_set() and (max_ticks is None or self.tick < max_ticks):
                 early = self._wait_for_tick(poller, next_tick)
@@ -183,6 +185,9 @@ class RobotServer:
                 next_tick = time.monotonic() + period if early else next_tick + period
                 if self._log is not None and self.tick % LOG_FLUSH_TICKS == 0:
                     self._log.flush()
+                if time.monotonic() >= next_report:  # a running server says how it is doing
+                    next_report += REPORT_EVERY_S
+                    self._report()
                 behind = time.monotonic() - next_tick
                 if behind > period:  # the driver or the host fell behind: skip the ticks that are gone
                     self.counts["overruns"] += 1
@@ -278,6 +283,14 @@ class RobotServer:
         except Exception as exc:
             self._set_fault(f"driver failed to act: {type(exc).__name__}: {exc}")
             return np.full(spec.action_dim, np.nan, np.float32), None  # what the hardware did is unknown
+
+    def _report(self) -> None:
+        status = self.status()
+        rtt = status["rtt_us"]
+        log.info("tick %d, %s%s, watchdog %s, %d commands, %d holds, drops %s%s", self.tick, self.mode,
+                 f" ({self.fault})" if self.fault else "", self.watch_state, self.counts["commands"],
+                 self.counts["holds"], status["drops"] or "none",
+                 f", round trip p50 {rtt['p50']:.0f} us" if rtt else "")
 
     def _applied(self, action) -> np.ndarray:
         applied = np.asarray(action, np.float32)
