@@ -132,8 +132,8 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
                 stale_streak += 1
                 if stale_streak > MAX_STALE_STREAK:
                     raise ConnectionError(f"{stale_streak} observations in a row arrived stale (the last "
-                                       f"{info.get('obs_age_s', float('nan')):.3f} s old): the link or the robot's "
-                                       "clock is off; see bridge.max_obs_age_s")
+                                          f"{info.get('obs_age_s', float('nan')):.3f} s old): the link or the "
+                                          "robot's clock is off; see bridge.max_obs_age_s")
                 stale_holds += 1
                 continue
             stale_streak = 0
