@@ -446,3 +446,21 @@ def test_a_users_driver_composes_with_a_camera_and_its_failure_latches_a_fault(s
     status = env.client.status()
     assert status["mode"] == "faulted" and "end stop" in status["fault"]
     env.close()
+
+
+def test_after_a_watchdog_disarm_the_agent_re_arms_and_a_stale_observation_is_held_on(server):
+    srv = server("--driver", "sim", "driver_options.pixels=false", "safety.safe_after_s=0.3")
+    env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint))
+    env.reset()
+    _, _, _, _, info = env.step(np.array([0.3, 0.3], np.float32))
+    assert info["command_applied"] and not info["stale"]
+    time.sleep(0.6)  # the agent is away (learning, saving): the robot holds, then goes safe and disarms
+    assert time.monotonic() > info["stale_at"]  # what the loop checks before it plans: too old now
+    obs, info = env.reset(options={"hold": True})  # the loop's answer: hold, and take a fresh observation
+    assert info["command_applied"] and info["mode"] == "armed" and not info["stale"]
+    assert np.allclose(info["action_applied"], 0.0)  # the sim arm's hold
+    _, _, _, _, info = env.step(np.array([0.3, 0.3], np.float32))
+    assert info["command_applied"] and np.allclose(info["action_applied"], 0.3)
+    env.close()
+    events = [e["event"] for e in srv.events() if e["event"] in ("arm", "disarm")]
+    assert events[:3] == ["arm", "disarm", "arm"], events  # re-armed once, by the agent
