@@ -12,7 +12,9 @@ with a 64x64x3 image.
 1. Round trip, observation plus command: the server runs in lockstep (it ticks as soon as a command
    arrives); one step = command out, the robot applies it, reads, and sends the observation that
    shows it applied. The baseline is a ROUTER/DEALER ping-pong of the same bytes with no protocol at
-   all: the command message out, the observation message back.
+   all: the command message out, the observation message back. Between the two, the same ping-pong
+   with the protocol's encoding and decoding on both sides ("codec only") shows the floor under any
+   bridge that speaks this protocol from Python, before a single check.
 2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
    as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
    at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
@@ -88,24 +90,40 @@ def serve_bridge(endpoint: mp.Queue, control_hz: float, image: bool, lockstep: b
     server.serve()  # until the parent terminates this process
 
 
-def serve_raw(endpoint: mp.Queue, reply: list[bytes]) -> None:
+def serve_raw(endpoint: mp.Queue, image: bool, codec: bool) -> None:
+    """The baseline robot: it answers each message with an observation's bytes. With `codec`, it
+    decodes the command and encodes a fresh observation, as the bridge does, and nothing else."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind("tcp://127.0.0.1:0")
     endpoint.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    reply, _ = observation_frames(image)
+    arrays = observation_arrays(image)
     while True:
-        peer, *_ = sock.recv_multipart()
+        peer, *frames = sock.recv_multipart()
+        if codec:
+            command = p.decode(frames)
+            reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq), arrays, command.session))
         sock.send_multipart([peer, *reply])
+
+
+def observation_arrays(image: bool) -> dict[str, np.ndarray]:
+    arrays = {"proprio": np.zeros(8, np.float32), "applied": np.zeros(2, np.float32)}
+    if image:
+        arrays["image"] = np.zeros((64, 64, 3), np.uint8)
+    return arrays
+
+
+def observation_body(seq: int) -> dict:
+    return {"tick": seq, "t_capture_ns": time.time_ns(), "command_seq": seq, "mode": "armed", "fault": None,
+            "watchdog": "run"}
 
 
 def observation_frames(image: bool) -> tuple[list[bytes], list[bytes]]:
     """The bytes of one bridge observation and one command, as the bridge sends them."""
-    arrays = {"proprio": np.zeros(8, np.float32), "applied": np.zeros(2, np.float32)}
-    if image:
-        arrays["image"] = np.zeros((64, 64, 3), np.uint8)
-    body = {"tick": 1, "t_capture_ns": time.time_ns(), "command_seq": 1, "mode": "armed", "fault": None, "watchdog": "run"}
-    obs = [bytes(f) for f in p.encode(p.Message(p.OBS, 1, body, arrays, "0" * 32))]
+    arrays = observation_arrays(image)
+    obs = [bytes(f) for f in p.encode(p.Message(p.OBS, 1, observation_body(1), arrays, "0" * 32))]
     cmd = [bytes(f) for f in p.encode(p.Message(p.COMMAND, 1, {"obs_tick": 1}, {"action": np.zeros(2, np.float32)}, "0" * 32))]
     return obs, cmd
 
@@ -118,20 +136,28 @@ def start(target, *args) -> tuple[mp.Process, str]:
     return proc, queue.get(timeout=30)
 
 
-def raw_round_trips(image: bool, seconds: float) -> np.ndarray:
+def raw_round_trips(image: bool, seconds: float, codec: bool = False) -> np.ndarray:
+    """Round trips of the baseline: bytes out, bytes back; with `codec`, both sides also encode and
+    decode the protocol's messages (the floor under any bridge that speaks it from Python)."""
     import zmq
 
-    obs, cmd = observation_frames(image)
-    proc, endpoint = start(serve_raw, obs)
+    _, cmd = observation_frames(image)
+    proc, endpoint = start(serve_raw, image, codec)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     out = []
+    command = p.Message(p.COMMAND, 0, {"obs_tick": 0}, {"action": np.zeros(2, np.float32)}, "0" * 32)
     try:
         end = time.perf_counter() + seconds
         while (t0 := time.perf_counter()) < end:
-            sock.send_multipart(cmd)
-            sock.recv_multipart()
+            if codec:
+                command.seq += 1
+                sock.send_multipart(p.encode(command))
+                p.decode(sock.recv_multipart())
+            else:
+                sock.send_multipart(cmd)
+                sock.recv_multipart()
             out.append(time.perf_counter() - t0)
     finally:
         sock.close()
@@ -184,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         name = "state + 64x64 image" if image else "state"
         with console.status(f"{name}: raw ping-pong"):
             raw = raw_round_trips(image, args.seconds)
+        with console.status(f"{name}: ping-pong with the protocol's codec"):
+            codec = raw_round_trips(image, args.seconds, codec=True)
         with console.status(f"{name}: bridge in lockstep"):
             bridge, lock_rate, _ = bridge_steps(image, args.seconds, 100.0, lockstep=True, log=log)
         samples[name] = (raw, bridge)
@@ -195,18 +223,21 @@ def main(argv: list[str] | None = None) -> int:
             if share >= 0.99 and rate >= 0.98 * hz:
                 sustained = hz
         row = {"payload": name, "raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
+               "codec_p50_us": 1e6 * np.median(codec),
                "bridge_p50_us": 1e6 * np.median(bridge), "bridge_p99_us": 1e6 * np.percentile(bridge, 99),
                "lockstep_hz": lock_rate, "sustained_hz": sustained}
         row["p50_ratio"] = row["bridge_p50_us"] / row["raw_p50_us"]
         row["p99_ratio"] = row["bridge_p99_us"] / row["raw_p99_us"]
+        row["codec_p50_ratio"] = row["codec_p50_us"] / row["raw_p50_us"]
         rows.append(row)
 
     table = Table(title="bridge against a raw pyzmq ping-pong of the same bytes (loopback)")
-    for col in ("payload", "raw p50 us", "bridge p50 us", "ratio", "raw p99 us", "bridge p99 us", "ratio",
-                "lockstep steps/s", "sustained Hz"):
+    for col in ("payload", "raw p50 us", "codec only p50 us", "ratio", "bridge p50 us", "ratio", "raw p99 us",
+                "bridge p99 us", "ratio", "lockstep steps/s", "sustained Hz"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
+        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['codec_p50_us']:.0f}", f"{r['codec_p50_ratio']:.2f}x",
+                      f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
                       f"{r['raw_p99_us']:.0f}", f"{r['bridge_p99_us']:.0f}", f"{r['p99_ratio']:.2f}x",
                       f"{r['lockstep_hz']:.0f}", f"{r['sustained_hz']}")
     console.print(table)

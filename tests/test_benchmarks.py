@@ -78,3 +78,15 @@ def test_dmc_benchmark_from_pixels(tmp_path):
     episode = read_episode(sorted((out / "omniloop-seed0" / "episodes").glob("*.mcap"))[0])
     assert set(episode.steps[0].observation) == {"image"}
     assert episode.steps[0].observation["image"].shape == (32, 32, 3)  # the file keeps the newest frame
+
+
+def test_bridge_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its robot runs in a spawned process that imports it
+    bridge = load("bridge")
+    assert bridge.main(["--seconds", "0.2", "--out", str(tmp_path)]) == 0
+    table = rows(tmp_path / "bridge.csv")
+    assert [r["payload"] for r in table] == ["state", "state + 64x64 image"]
+    for r in table:  # numbers are measured, not asserted: only that each was taken
+        assert float(r["raw_p50_us"]) > 0 and float(r["codec_p50_us"]) > 0 and float(r["bridge_p50_us"]) > 0
+        assert float(r["lockstep_hz"]) > 0
+    assert (tmp_path / "bridge.png").stat().st_size > 0 and not (tmp_path / "server.jsonl").exists()
