@@ -109,6 +109,8 @@ def validate(cfg: Config) -> None:
     need(1 <= moe.top_k <= moe.num_experts,
          f"worldmodel.moe.top_k must be in [1, worldmodel.moe.num_experts={moe.num_experts}], got {moe.top_k}")
     need(cfg.learner.batch_size >= 1 and cfg.learner.horizon >= 1, "learner.batch_size and learner.horizon must be >= 1")
+    need(1 <= cfg.learner.td_steps <= cfg.learner.horizon,
+         f"learner.td_steps must be in [1, learner.horizon={cfg.learner.horizon}], got {cfg.learner.td_steps}")
     need(cfg.learner.updates_per_step >= 0, f"learner.updates_per_step must be >= 0, got {cfg.learner.updates_per_step}")
     need(cfg.planner.horizon >= 1 and cfg.planner.iterations >= 1, "planner.horizon and planner.iterations must be >= 1")
     need(1 <= cfg.planner.elites <= cfg.planner.samples,

@@ -268,3 +268,19 @@ def test_learner_restores_the_last_good_weights_after_a_blow_up():
     assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
     assert learner.update(batch())["skipped"] == 0.0
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_n_step_targets_sum_rewards_then_bootstrap_and_stop_at_a_termination():
+    from worldmodel.learner import n_step_targets
+
+    reward = torch.tensor([[1.0, 2.0, 4.0]])
+    q_next = torch.tensor([[10.0, 20.0, 40.0]])
+    alive = torch.zeros(1, 3)
+    g = 0.5
+    one = n_step_targets(reward, alive, q_next, g, 1)
+    assert torch.allclose(one, reward + g * q_next)  # the one-step target, unchanged
+    three = n_step_targets(reward, alive, q_next, g, 3)
+    expected = [1 + g * 2 + g**2 * 4 + g**3 * 40, 2 + g * 4 + g**2 * 40, 4 + g * 40]  # the window's end shortens n
+    assert torch.allclose(three, torch.tensor([expected]))
+    ended = n_step_targets(reward, torch.tensor([[0.0, 1.0, 0.0]]), q_next, g, 3)
+    assert torch.allclose(ended[0, :2], torch.tensor([1 + g * 2, 2.0]))  # nothing after the termination

@@ -56,6 +56,7 @@ class LearnerConfig:
     snapshot_every: int = 250  # updates between snapshots of good weights (restored after a NaN)
     rho: float = 0.5  # per-step weight decay along the rollout
     discount: float = 0.9
+    td_steps: int = 1  # rewards summed before the value bootstraps (n-step TD), at most learner.horizon
     tau: float = 0.01  # target Q network's EMA rate
     consistency_coef: float = 20.0
     reward_coef: float = 0.1  # TD-MPC2's weights of the two-hot cross-entropies (scale-free across tasks)

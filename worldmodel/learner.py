@@ -54,6 +54,24 @@ def surprise(expected: torch.Tensor, observed: torch.Tensor, reward_pred: torch.
     return {"total": latent + reward_err, "latent": latent, "reward": reward_err}
 
 
+def n_step_targets(reward: torch.Tensor, terminated: torch.Tensor, q_next: torch.Tensor, discount: float,
+                   n: int) -> torch.Tensor:
+    """TD targets (B, H) for each step t of a sampled window: up to n rewards r_t .. r_{t+n-1}, then the
+    value q_next[t+n-1] of the state they lead to, all discounted; the window's end shortens n, and a
+    termination cuts everything after it. n = 1 is the one-step target r_t + discount * q_next[t].
+    reward, terminated, q_next: (B, H), q_next[:, s] the value after the window's action s."""
+    b, h = reward.shape
+    alive = 1.0 - terminated
+    targets = []
+    for t in range(h):
+        ret, scale = torch.zeros(b, device=reward.device), torch.ones(b, device=reward.device)
+        for k in range(min(n, h - t)):
+            ret = ret + scale * reward[:, t + k]
+            scale = scale * discount * alive[:, t + k]
+        targets.append(ret + scale * q_next[:, t + k])
+    return torch.stack(targets, 1)
+
+
 class Learner:
     def __init__(self, model: WorldModel, cfg: LearnerConfig):
         self.model = model
@@ -111,7 +129,7 @@ class Learner:
             q_next = model.q(z_next.reshape(b * h, -1), pi_next, target=True)
             pick = torch.randperm(q_next.shape[0])[:2]
             q_next = q_next[pick].min(0).values.reshape(b, h)
-            td_target = batch.reward + cfg.discount * (1 - batch.terminated) * q_next
+            td_target = n_step_targets(batch.reward, batch.terminated, q_next, cfg.discount, cfg.td_steps)
 
         z = model.encode(obs0)
         zs = [z]
