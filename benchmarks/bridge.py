@@ -1,6 +1,6 @@
 """What the robot bridge costs, against a raw pyzmq ping-pong of the same bytes, in one run.
 
-    python benchmarks/bridge.py                      # about 1 minute on 2 cores
+    python benchmarks/bridge.py                      # about 2 minutes on 2 cores
     python benchmarks/bridge.py --seconds 5 --out runs/bench/bridge
 
 The robot side runs in its own process, as it would on a robot: `omniloop robot-server`'s
@@ -14,7 +14,9 @@ with a 64x64x3 image.
    shows it applied. The baseline is a ROUTER/DEALER ping-pong of the same bytes with no protocol at
    all: the command message out, the observation message back. Between the two, the same ping-pong
    with the protocol's encoding and decoding on both sides ("codec only") shows the floor under any
-   bridge that speaks this protocol from Python, before a single check.
+   bridge that speaks this protocol from Python, before a single check. The three are measured in
+   turns (`--rounds` slices each, in a rotating order), so that a slow spell of the machine weighs
+   on all three alike.
 2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
    as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
    at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
@@ -41,7 +43,9 @@ IMAGE_LADDER = (50, 100, 200, 500, 1000, 2000)
 
 class MemoryDriver(Driver):
     """A robot whose joints and camera are memory: what it applies it reports, what it sees is a
-    fixed frame that changes one byte per tick. It measures the bridge, not a device."""
+    fixed frame that changes one byte per tick. It measures the bridge, not a device: it hands out its
+    own buffers rather than copies, which the server may take, as it sends (and so copies) an
+    observation before the driver is called again."""
 
     def __init__(self, control_hz: float, image: bool) -> None:
         features = {"proprio": Feature((8,), "float32")}
@@ -63,10 +67,10 @@ class MemoryDriver(Driver):
         self.ticks = -1
 
     def get_observation(self) -> dict[str, np.ndarray]:
-        obs = {"proprio": self.proprio.copy()}
+        obs = {"proprio": self.proprio}
         if self.image is not None:
             self.image[0, 0, 0] = self.ticks % 256
-            obs["image"] = self.image.copy()
+            obs["image"] = self.image
         return obs
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
@@ -136,67 +140,109 @@ def start(target, *args) -> tuple[mp.Process, str]:
     return proc, queue.get(timeout=30)
 
 
-def raw_round_trips(image: bool, seconds: float, codec: bool = False) -> np.ndarray:
-    """Round trips of the baseline: bytes out, bytes back; with `codec`, both sides also encode and
+class RawPeer:
+    """The baseline's agent side: bytes out, bytes back; with `codec`, both sides also encode and
     decode the protocol's messages (the floor under any bridge that speaks it from Python)."""
-    import zmq
 
-    _, cmd = observation_frames(image)
-    proc, endpoint = start(serve_raw, image, codec)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    out = []
-    command = p.Message(p.COMMAND, 0, {"obs_tick": 0}, {"action": np.zeros(2, np.float32)}, "0" * 32)
-    try:
+    def __init__(self, image: bool, codec: bool) -> None:
+        import zmq
+
+        self.codec = codec
+        _, self.frames = observation_frames(image)
+        self.proc, endpoint = start(serve_raw, image, codec)
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.command = p.Message(p.COMMAND, 0, {"obs_tick": 0}, {"action": np.zeros(2, np.float32)}, "0" * 32)
+
+    def round_trips(self, seconds: float) -> list[float]:
+        out = []
         end = time.perf_counter() + seconds
         while (t0 := time.perf_counter()) < end:
-            if codec:
-                command.seq += 1
-                sock.send_multipart(p.encode(command))
-                p.decode(sock.recv_multipart())
+            if self.codec:
+                self.command.seq += 1
+                self.sock.send_multipart(p.encode(self.command))
+                p.decode(self.sock.recv_multipart())
             else:
-                sock.send_multipart(cmd)
-                sock.recv_multipart()
+                self.sock.send_multipart(self.frames)
+                self.sock.recv_multipart()
             out.append(time.perf_counter() - t0)
-    finally:
-        sock.close()
-        proc.terminate()
-    return np.asarray(out[10:])
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.terminate()
 
 
-def bridge_steps(image: bool, seconds: float, control_hz: float, lockstep: bool,
-                 log: Path) -> tuple[np.ndarray, float, float]:
-    """(step times, achieved steps/s, share of steps whose command was applied at the next tick)."""
-    from robot_bridge.client import RemoteRobotEnv
-    from robot_bridge.config import BridgeConfig
+class BridgePeer:
+    """The bridge's agent side, `RemoteRobotEnv`, against a `RobotServer` in its own process."""
 
-    proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
-    env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
-    times, on_time, ticks = [], 0, []
-    action = np.zeros(2, np.float32)
-    try:
-        env.reset()
-        for _ in range(20):  # warm-up
-            env.step(action)
-        end = time.perf_counter() + seconds
+    def __init__(self, image: bool, control_hz: float, lockstep: bool, log: Path) -> None:
+        from robot_bridge.client import RemoteRobotEnv
+        from robot_bridge.config import BridgeConfig
+
+        self.proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
+        self.env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
+        self.env.reset()
+        self.action = np.zeros(2, np.float32)
+
+    def round_trips(self, seconds: float) -> list[float]:
+        return self.steps(seconds)[0]
+
+    def steps(self, seconds: float) -> tuple[list[float], float, float]:
+        """(step times, achieved steps/s, share of steps whose command was applied at the next tick)."""
+        times, on_time = [], 0
         start_t = time.perf_counter()
+        end = start_t + seconds
         while (t0 := time.perf_counter()) < end:
-            before = env._newest_tick()
-            _, _, _, _, info = env.step(action)
+            before = self.env._newest_tick()
+            _, _, _, _, info = self.env.step(self.action)
             times.append(time.perf_counter() - t0)
             on_time += info["command_applied"] and info["tick"] == before + 1
-            ticks.append(info["tick"])
-        elapsed = time.perf_counter() - start_t
+        return times, len(times) / (time.perf_counter() - start_t), on_time / max(len(times), 1)
+
+    def close(self) -> None:
+        self.env.close()
+        self.proc.terminate()
+
+
+def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[dict[str, np.ndarray], float]:
+    """Round trips of the raw ping-pong, the codec-only ping-pong and the bridge in lockstep, measured
+    in alternation (`rounds` slices each, in a rotating order), so that a slow spell of the machine
+    weighs on all three alike; and the bridge's lockstep steps/s."""
+    peers = {"raw": RawPeer(image, codec=False), "codec": RawPeer(image, codec=True),
+             "bridge": BridgePeer(image, 100.0, lockstep=True, log=log)}
+    samples: dict[str, list[float]] = {name: [] for name in peers}
+    try:
+        for peer in peers.values():  # warm-up
+            peer.round_trips(0.2)
+        names = list(peers)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                samples[name].extend(peers[name].round_trips(seconds / rounds))
     finally:
-        env.close()
-        proc.terminate()
-    return np.asarray(times), len(times) / elapsed, on_time / max(len(times), 1)
+        for peer in peers.values():
+            peer.close()
+    bridge_s = float(np.sum(samples["bridge"]))
+    return {name: np.asarray(v) for name, v in samples.items()}, len(samples["bridge"]) / bridge_s
+
+
+def sustained_rate(image: bool, seconds: float, control_hz: float, log: Path) -> tuple[float, float]:
+    """The server on its fixed clock at `control_hz`, the agent stepping as fast as it can:
+    (achieved steps/s, share of steps whose command was applied at the next tick)."""
+    peer = BridgePeer(image, control_hz, lockstep=False, log=log)
+    try:
+        peer.steps(0.1)  # warm-up
+        _, rate, share = peer.steps(seconds)
+    finally:
+        peer.close()
+    return rate, share
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating slices of the round-trip measurements")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bridge"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -208,17 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "server.jsonl"  # only its cost matters here: removed at the end
     for image in (False, True):
         name = "state + 64x64 image" if image else "state"
-        with console.status(f"{name}: raw ping-pong"):
-            raw = raw_round_trips(image, args.seconds)
-        with console.status(f"{name}: ping-pong with the protocol's codec"):
-            codec = raw_round_trips(image, args.seconds, codec=True)
-        with console.status(f"{name}: bridge in lockstep"):
-            bridge, lock_rate, _ = bridge_steps(image, args.seconds, 100.0, lockstep=True, log=log)
+        with console.status(f"{name}: raw ping-pong, codec-only ping-pong and bridge, in turns"):
+            trips, lock_rate = round_trips(image, 3 * args.seconds, args.rounds, log)
+        raw, codec, bridge = trips["raw"], trips["codec"], trips["bridge"]
         samples[name] = (raw, bridge)
         sustained = 0
         for hz in IMAGE_LADDER if image else STATE_LADDER:
             with console.status(f"{name}: fixed clock at {hz} Hz"):
-                _, rate, share = bridge_steps(image, args.seconds, float(hz), lockstep=False, log=log)
+                rate, share = sustained_rate(image, args.seconds, float(hz), log)
             console.print(f"{name}: target {hz} Hz -> {rate:.0f} steps/s, {share:.1%} applied at the next tick")
             if share >= 0.99 and rate >= 0.98 * hz:
                 sustained = hz

@@ -10,6 +10,6 @@
 * the agent-side client (`client`): `RemoteRobotEnv`, a Gymnasium env with the robot's observation
   dict, so the loop drives a robot as it drives a simulation.
 
-`robot_bridge/` may import numpy, pyzmq, msgpack, gymnasium, opencv and sounddevice, and `sim/`
+`robot_bridge/` may import numpy, pyzmq, msgspec, gymnasium, opencv and sounddevice, and `sim/`
 only in the simulated robot's driver (`drivers/sim.py`); never torch, agent/, worldmodel/ or planner/.
 """

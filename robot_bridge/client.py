@@ -37,6 +37,7 @@ class RobotClient:
         self.cfg, self.agent_name = cfg, agent_name
         self.ctx = zmq.Context.instance()
         self.socket: zmq.Socket | None = None
+        self._receive_timeout_ms = -1
         self.seq = 0
         self.session = ""
         self.spec: RobotSpec | None = None
@@ -113,6 +114,7 @@ class RobotClient:
             sock.curve_publickey, sock.curve_secretkey = public, secret
         sock.connect(self.cfg.connect)
         self.socket = sock
+        self._receive_timeout_ms = -1  # the socket's RCVTIMEO: -1 blocks
         self.session = ""
 
     def _close_socket(self) -> None:
@@ -139,7 +141,10 @@ class RobotClient:
             if not waiting and left <= 0:
                 return None  # cheaper than a receive that raises zmq.Again
             # a blocking receive with a timeout: one call into libzmq, where poll-then-receive is two
-            self.socket.setsockopt(zmq.RCVTIMEO, 0 if waiting else max(1, int(left * 1000)))
+            timeout_ms = 0 if waiting else max(1, int(left * 1000))
+            if timeout_ms != self._receive_timeout_ms:
+                self.socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+                self._receive_timeout_ms = timeout_ms
             try:
                 frames = self.socket.recv_multipart()
             except zmq.Again:
@@ -224,6 +229,7 @@ class RemoteRobotEnv(gymnasium.Env):
         self.spec_ = self.client.connect()
         self.observation_space = spaces.Dict({k: box_of(f) for k, f in self.spec_.observation.items()})
         low, high = self.spec_.action_low, self.spec_.action_high
+        self._action_shape = low.shape
         # [-1, 1] <-> [low, high]; a dimension whose limits coincide maps to its one value
         self._middle = ((low + high) / 2).astype(np.float32)
         self._half_span = np.where(high > low, (high - low) / 2, 1.0).astype(np.float32)
@@ -323,10 +329,13 @@ class RemoteRobotEnv(gymnasium.Env):
                 continue
             best = self._newest = msg
             if command_seq is None or msg.body.get("command_seq") == command_seq:
-                while (more := self.client.receive(0.0)) is not None:  # plan on the newest one queued
-                    self._refused(more, None)
-                    if more.type == p.OBS and self._valid(more):
-                        best = self._newest = more
+                # plan on the newest observation queued. One captured less than a control period ago
+                # is the newest there is, and asking the socket (a system call) is skipped
+                if self.client.age_s(msg) > self.spec_.period:
+                    while (more := self.client.receive(0.0)) is not None:
+                        self._refused(more, None)
+                        if more.type == p.OBS and self._valid(more):
+                            best = self._newest = more
                 return best
         if best is not None:
             return best
@@ -348,7 +357,7 @@ class RemoteRobotEnv(gymnasium.Env):
         try:
             for name, feature in self.spec_.observation.items():
                 feature.check(name, msg.arrays[name])
-            if msg.arrays["applied"].shape != (self.spec_.action_dim,):
+            if msg.arrays["applied"].shape != self._action_shape:
                 raise ValueError("applied action of the wrong shape")
         except (KeyError, ValueError):
             self.bad_observations += 1
@@ -379,7 +388,8 @@ class RemoteRobotEnv(gymnasium.Env):
         return action * self._half_span + self._middle if self.cfg.normalize_actions else action
 
     def _from_robot(self, action: np.ndarray) -> np.ndarray:
-        return (action - self._middle) / self._half_span if self.cfg.normalize_actions else action
+        """A robot's action (a read-only view of a frame) -> the agent's units, as a new array."""
+        return (action - self._middle) / self._half_span if self.cfg.normalize_actions else action.copy()
 
     def _observation(self, msg: p.Message) -> dict[str, np.ndarray]:
         return {k: np.array(msg.arrays[k]) for k in self.spec_.observation}
@@ -389,7 +399,7 @@ class RemoteRobotEnv(gymnasium.Env):
         reconnected, self._reconnected = self._reconnected, False
         return {"stale": age > self.max_age_s, "stale_at": time.monotonic() + self.max_age_s - age,
                 "obs_age_s": age, "tick": int(msg.body.get("tick", -1)), "action_sent": sent,
-                "action_applied": self._from_robot(np.array(msg.arrays["applied"], np.float32)),
+                "action_applied": self._from_robot(msg.arrays["applied"].astype(np.float32, copy=False)),
                 "command_applied": applied, "reconnected": reconnected, "mode": msg.body.get("mode"),
                 "dropped_commands": self.dropped_commands, "bad_observations": self.bad_observations}
 

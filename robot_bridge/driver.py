@@ -43,7 +43,8 @@ class Driver(ABC):
 
     @abstractmethod
     def get_observation(self) -> dict[str, np.ndarray]:
-        """The newest reading of every feature in the spec."""
+        """The newest reading of every feature in the spec. The arrays may be the driver's own
+        buffers: the server has sent (copied) them before it calls the driver again."""
 
     @abstractmethod
     def send_action(self, action: np.ndarray) -> np.ndarray:

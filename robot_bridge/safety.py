@@ -37,10 +37,11 @@ class SafetyConfig:
 def limit_action(action: np.ndarray, low: np.ndarray, high: np.ndarray, last: np.ndarray | None,
                  max_delta: float | None) -> np.ndarray:
     """`action` inside the absolute limits, then within `max_delta` of the last applied action."""
-    out = np.clip(action, low, high)
+    # minimum(maximum()) rather than np.clip: the same result at a third of the cost on a small array
+    out = np.minimum(np.maximum(action, low), high)
     if max_delta is not None and last is not None and np.all(np.isfinite(last)):  # unknown after a driver failure
-        out = np.clip(out, last - max_delta, last + max_delta)
-    return out.astype(np.float32)
+        out = np.minimum(np.maximum(out, last - max_delta), last + max_delta)
+    return out.astype(np.float32, copy=False)
 
 
 class RateLimiter:

@@ -198,16 +198,16 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     frames = good()
     assert peer.error_for([frames[0], bytes(frames[1])[:5]]) == p.BAD_SHAPE  # a truncated array
     header = {"v": 99, "type": "command", "seq": 1000, "t_ns": 0, "session": peer.session, "body": {}, "arrays": []}
-    import msgpack
+    import msgspec
 
-    assert peer.error_for([msgpack.packb(header)]) == p.BAD_VERSION
-    assert peer.error_for([msgpack.packb({**header, "v": 1, "type": "teleport"})]) == p.UNKNOWN_TYPE
+    assert peer.error_for([msgspec.msgpack.encode(header)]) == p.BAD_VERSION
+    assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "type": "teleport"})]) == p.UNKNOWN_TYPE
     assert peer.error_for(peer.message(p.COMMAND, {}, {"action": np.zeros(3, np.float32)})) == p.BAD_SHAPE
     assert peer.error_for(peer.message(p.COMMAND, {}, {"action": np.array([np.nan, 0], np.float32)})) == p.NOT_FINITE
     assert peer.error_for(peer.message(p.COMMAND, {}, {"action": np.array([np.inf, 0], np.float32)})) == p.NOT_FINITE
-    assert peer.error_for([msgpack.packb({**header, "v": 1, "pad": "x" * (p.MAX_HEADER_BYTES + 1)})]) == p.TOO_LARGE
+    assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "pad": "x" * (p.MAX_HEADER_BYTES + 1)})]) == p.TOO_LARGE
     big = {**header, "v": 1, "seq": 2000, "arrays": [{"name": "action", "dtype": "float32", "shape": [5_000_000]}]}
-    assert peer.error_for([msgpack.packb(big), b"\0" * 20_000_000]) == p.TOO_LARGE
+    assert peer.error_for([msgspec.msgpack.encode(big), b"\0" * 20_000_000]) == p.TOO_LARGE
     peer.send(good(seq=5000))
     assert peer.error_for(good(seq=4000)) == p.OLD_SEQ  # a sequence number from the past
     # beyond libzmq's own limit the connection is dropped before we see a byte; the server stays up
@@ -345,21 +345,42 @@ def test_protocol_never_unpickles_and_round_trips_arrays():
     assert np.array_equal(back.arrays["image"], msg.arrays["image"]) and back.arrays["proprio"].dtype == np.float32
     import pickle
 
-    import msgpack
+    import msgspec
 
     with pytest.raises(p.ProtocolError) as exc:
         p.decode([pickle.dumps({"v": 1, "type": "obs"})])
     assert exc.value.code == p.MALFORMED
     # msgpack's extension types (where a pickle could hide) are refused, not decoded
     sneaky = {"v": 1, "type": "obs", "seq": 1, "t_ns": 0, "session": "", "arrays": [],
-              "body": {"x": msgpack.ExtType(1, pickle.dumps(object()))}}
+              "body": {"x": msgspec.msgpack.Ext(1, pickle.dumps(object()))}}
     with pytest.raises(p.ProtocolError, match="extension"):
-        p.decode([msgpack.packb(sneaky)])
+        p.decode([msgspec.msgpack.encode(sneaky)])
 
     header = {"v": 1, "type": "obs", "seq": 1, "t_ns": 0, "session": "", "body": {},
               "arrays": [{"name": "x", "dtype": "object", "shape": [1]}]}
     with pytest.raises(p.ProtocolError, match="dtype"):  # object arrays (pickles in disguise) are not on the wire
-        p.decode([msgpack.packb(header), b"\0" * 8])
+        p.decode([msgspec.msgpack.encode(header), b"\0" * 8])
+
+
+def test_the_log_writes_json_with_null_for_non_finite_values_and_every_array_survives_the_wire(tmp_path):
+    from robot_bridge.event_log import EventLog
+
+    log = EventLog(tmp_path / "log.jsonl")
+    log.command(3, np.array([0.5, np.nan], np.float32), t=12.5)
+    log.command(4, np.array([np.inf]), refused=p.NOT_FINITE)
+    log.applied(9, 3, "armed", "run", np.array([0.25, -1.0], np.float32))
+    log.event("fault", {"reason": "x", "tick": np.int64(9), "where": np.array([1.0, np.nan])})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert rows[0] == {"t": 12.5, "event": "command", "seq": 3, "refused": None, "action": [0.5, None]}
+    assert rows[1]["action"] == [None] and rows[1]["refused"] == p.NOT_FINITE
+    assert rows[2]["action"] == [0.25, -1.0] and rows[2]["command_seq"] == 3
+    assert rows[3]["tick"] == 9 and rows[3]["where"] == [1.0, None]
+
+    # empty and big-endian arrays go on the wire too (as little-endian)
+    msg = p.Message(p.OBS, 1, {}, {"none": np.zeros((0, 3), np.float32), "be": np.arange(3, dtype=">f8")})
+    back = p.decode([bytes(f) for f in p.encode(msg)])
+    assert back.arrays["none"].shape == (0, 3) and back.arrays["be"].tolist() == [0.0, 1.0, 2.0]
 
 
 # ---- sensors -------------------------------------------------------------------------------------
