@@ -4,6 +4,10 @@
     omniloop robot          the same loop, driving a robot through `omniloop robot-server`
     omniloop robot-server   serve a robot (a driver, its sensors, safety) to one agent over ZeroMQ
     omniloop keys generate  CURVE key pairs for the bridge
+    omniloop episodes ls    the recorded episodes in a folder: length, return, success, control rate
+    omniloop episodes info  one episode file in full: metadata, channels and their message counts
+    omniloop episodes export  a folder of episodes as a LeRobot v3.0 dataset (parquet, MP4, meta/)
+    omniloop replay         replay an episode: by its states or its actions in simulation, or as a video
 """
 
 from __future__ import annotations
@@ -62,6 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys_verbs.add_parser("generate", help="a server key pair and a client key pair, with the client allowed")
     gen.add_argument("dir", type=Path)
     gen.add_argument("--client", default="client", help="the client pair's name (a second agent gets its own)")
+
+    episodes = verbs.add_parser("episodes", help="recorded episodes: list them, inspect one")
+    episodes_verbs = episodes.add_subparsers(dest="episodes_verb", required=True)
+    ls = episodes_verbs.add_parser("ls", help="the episodes in a folder (a run folder or its episodes/), one line each")
+    ls.add_argument("dir", type=Path)
+    info = episodes_verbs.add_parser("info", help="one episode file: metadata, attachments, channels, timing")
+    info.add_argument("file", type=Path)
+    export = episodes_verbs.add_parser("export", help="a folder of episodes as a dataset others train on",
+                                       description="Write the episodes of DIR (a run folder or its episodes/) "
+                                                   "as a LeRobot v3.0 dataset in OUT: parquet data, an MP4 "
+                                                   "of the camera, meta/info.json with features and fps.")
+    export.add_argument("dir", type=Path)
+    export.add_argument("out", type=Path)
+    export.add_argument("--format", required=True, choices=["lerobot"])
+    export.add_argument("--task", help="the task of steps without an instruction (default: the env's name)")
+    export.add_argument("--fps", type=int, help="frames per second (default: the episodes' control rate)")
+
+    replay = verbs.add_parser("replay", help="replay a recorded episode",
+                              description="Replay an episode. states: set every recorded simulator state, render, "
+                                          "and compare with the recording (it must be exact). actions: apply the "
+                                          "recorded actions open loop from the recorded start, and report how the "
+                                          "simulation drifts from the recording, step by step. video: an MP4 of "
+                                          "the camera, the world model's picture of each moment, and surprise, "
+                                          "reward and think time with a moving cursor.")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--mode", required=True, choices=["states", "actions", "video"])
+    replay.add_argument("--out", type=Path, metavar="FILE",
+                        help="states, actions: a CSV of the per-step differences; video: the MP4 (required)")
+    replay.add_argument("--fps", type=float, help="video: frames per second (default: the episode's control rate)")
     return parser
 
 
@@ -121,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         return robot_server(args)
     if args.verb == "keys":
         return generate_keys(args)
+    if args.verb == "episodes":
+        from agent.episodes_cli import episodes_command
+
+        return episodes_command(args)
+    if args.verb == "replay":
+        from agent.episodes_cli import replay_command
+
+        return replay_command(args)
     return 2
 
 

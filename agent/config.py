@@ -40,6 +40,8 @@ class RunConfig:
     warmup_updates: int = 250  # learner steps taken at once when the seed phase ends
     checkpoint_every: int = 10  # episodes between checkpoints (one is always written at the end)
     record_episodes: bool = True
+    record_flush_every: int = 1  # steps between flushes of the episode file: a kill -9 loses at most these
+    record_queue_steps: int = 256  # steps waiting for the writer thread; beyond, a step is dropped and counted
     video: bool = True  # an MP4 of the last episode: camera beside imagination
     torch_threads: int = 0  # 0 leaves torch's default
 
@@ -91,6 +93,8 @@ def validate(cfg: Config) -> None:
     need(run.steps >= 1, f"run.steps must be at least 1, got {run.steps}")
     need(run.seed_steps >= 0, f"run.seed_steps must be >= 0, got {run.seed_steps}")
     need(run.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1 episode, got {run.checkpoint_every}")
+    need(run.record_flush_every >= 1, f"run.record_flush_every must be at least 1 step, got {run.record_flush_every}")
+    need(run.record_queue_steps >= 1, f"run.record_queue_steps must be at least 1 step, got {run.record_queue_steps}")
     name = cfg.env.name
     need(name in ("reach", "omniloop/Reach-v0") or name.startswith(("gym:", "dmc:")),
          f"env.name {name!r} is none of: reach, gym:ID, dmc:DOMAIN-TASK")

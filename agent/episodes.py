@@ -5,9 +5,12 @@ Layout of a file (`runs/<name>/episodes/episode_000123.mcap`):
 - header, then every schema and channel, the attachments (MJCF, resolved config) and the metadata
   record `omniloop.episode` (run, seed, env, code_version, episode), all flushed before step 0;
 - per step, one JSON message on each channel that has data, all with the MCAP `sequence` set to the
-  step index and `log_time` to the capture time. `/reward` is always written, and written last: it
-  closes the step, so a reader knows that a step is whole;
-- on `close()`, the summary and footer.
+  step index. `log_time` is the real time of what the message holds: the observation's capture
+  (camera, proprio, audio, instruction, simulator state), the action's sending (action, plan), and
+  the step's result coming back (surprise, reward). `/reward` is always written, and written last:
+  it closes the step, so a reader knows that a step is whole;
+- at the end, the metadata record `omniloop.recording` (steps written, steps dropped) from the
+  recorder (`agent/recorder.py`), then the summary and footer.
 
 Messages are not chunked: every record goes straight to the file, which is flushed every
 `flush_every` steps. A process killed mid-episode leaves a file without footer whose steps are whole
@@ -15,6 +18,7 @@ up to the last flush; `read_episode` reads them and stops cleanly at the torn re
 
 Channels, all JSON with JSON-Schema schemas:
   /camera/image  foxglove.CompressedImage  {timestamp {sec, nsec}, frame_id, data (base64 PNG), format}
+  /imagined/image foxglove.CompressedImage what the world model pictured for this observation
   /proprio       omniloop.Proprio          {values: [P floats]}
   /audio         omniloop.Audio            {sample_rate, samples: [N floats]}
   /instruction   omniloop.Instruction      {text}
@@ -49,10 +53,12 @@ from agent.plain_json import json_default
 
 FORMAT = "omniloop.episode/1"  # the MCAP header's `library` field
 METADATA_NAME = "omniloop.episode"
-REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")
+REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")  # optional: objective, control_hz
+RECORDING_METADATA = "omniloop.recording"  # written at the end: steps, dropped_steps
 OBSERVATION_KEYS = ("image", "proprio", "audio", "instruction")
 
 TOPIC_IMAGE = "/camera/image"
+TOPIC_IMAGINED = "/imagined/image"
 TOPIC_PROPRIO = "/proprio"
 TOPIC_AUDIO = "/audio"
 TOPIC_INSTRUCTION = "/instruction"
@@ -62,34 +68,36 @@ TOPIC_SURPRISE = "/surprise"
 TOPIC_PLAN = "/plan"
 TOPIC_SIM_STATE = "/sim/state"
 CAMERA_FRAME = "camera"
+IMAGINED_FRAME = "imagined"
 
 _NUMBER = {"type": "number"}
 _NUMBERS = {"type": "array", "items": _NUMBER}
 _NUMBERS_OR_NULL = {"type": ["array", "null"], "items": _NUMBER}
 
-# topic -> (schema name, JSON Schema); registered in this order, so channel ids are stable.
-SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
-    TOPIC_IMAGE: (
-        "foxglove.CompressedImage",
-        {
-            "title": "foxglove.CompressedImage",
-            "description": "A compressed image",
+# Foxglove's CompressedImage, so that common viewers show the camera and the imagination as images.
+_COMPRESSED_IMAGE: dict[str, Any] = {
+    "title": "foxglove.CompressedImage",
+    "description": "A compressed image",
+    "type": "object",
+    "properties": {
+        "timestamp": {
             "type": "object",
+            "title": "time",
             "properties": {
-                "timestamp": {
-                    "type": "object",
-                    "title": "time",
-                    "properties": {
-                        "sec": {"type": "integer", "minimum": 0},
-                        "nsec": {"type": "integer", "minimum": 0, "maximum": 999999999},
-                    },
-                },
-                "frame_id": {"type": "string"},
-                "data": {"type": "string", "contentEncoding": "base64"},
-                "format": {"type": "string"},
+                "sec": {"type": "integer", "minimum": 0},
+                "nsec": {"type": "integer", "minimum": 0, "maximum": 999999999},
             },
         },
-    ),
+        "frame_id": {"type": "string"},
+        "data": {"type": "string", "contentEncoding": "base64"},
+        "format": {"type": "string"},
+    },
+}
+
+# topic -> (schema name, JSON Schema); registered in this order, so channel ids are stable. A topic
+# added later goes at the end, so that older files keep their ids.
+SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    TOPIC_IMAGE: ("foxglove.CompressedImage", _COMPRESSED_IMAGE),
     TOPIC_PROPRIO: ("omniloop.Proprio", {"type": "object", "properties": {"values": _NUMBERS}}),
     TOPIC_AUDIO: (
         "omniloop.Audio",
@@ -144,7 +152,13 @@ SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
             "additionalProperties": True,
         },
     ),
+    TOPIC_IMAGINED: ("foxglove.CompressedImage", _COMPRESSED_IMAGE),
 }
+
+# which of a step's times each topic's log_time is
+TOPIC_TIME = {TOPIC_IMAGE: "observation", TOPIC_IMAGINED: "observation", TOPIC_PROPRIO: "observation", TOPIC_AUDIO: "observation",
+              TOPIC_INSTRUCTION: "observation", TOPIC_SIM_STATE: "observation", TOPIC_ACTION: "action",
+              TOPIC_PLAN: "action", TOPIC_SURPRISE: "result", TOPIC_REWARD: "result"}
 
 _MEDIA_TYPES = {
     ".yaml": "application/yaml",
@@ -164,7 +178,7 @@ class StepRecord:
     """Everything recorded about one step of an episode."""
 
     step: int  # step index within the episode
-    time_ns: int  # real capture time, time.time_ns() measured by the caller
+    time_ns: int  # when the observation was captured (time.time_ns() on the agent's clock)
     # keys among image (H, W, 3) uint8, proprio (P,) float32, audio (N,) float32, instruction str
     observation: dict[str, np.ndarray | str]
     action_requested: np.ndarray | None  # (A,) float32
@@ -177,6 +191,9 @@ class StepRecord:
     surprise: dict[str, float] | None = None  # {"total": ..., "latent": ..., "reward": ...}
     plan: dict[str, float | int] | None = None  # any JSON-serialisable dict
     sim_state: dict[str, np.ndarray] | None = None  # time (), qpos (nq,), qvel (nv,), act (na,); float64
+    imagined: np.ndarray | None = None  # (H, W, 3) uint8: the world model's picture of this observation
+    action_time_ns: int | None = None  # when the action was sent; None: time_ns
+    result_time_ns: int | None = None  # when the step's result (reward, next observation) came back; None: time_ns
 
 
 @dataclass
@@ -189,6 +206,8 @@ class Episode:
     complete: bool = True  # False when the file ends before its footer (the writer was killed)
     audio_sample_rate: int | None = None  # from the first /audio message; None without audio
     path: Path | None = None
+    recording: dict[str, str] | None = None  # the recorder's closing counts; None in a torn file
+    message_counts: dict[str, int] = field(default_factory=dict)  # topic -> messages in the file
 
 
 def episode_path(run_dir: str | Path, index: int) -> Path:
@@ -257,22 +276,28 @@ class EpisodeWriter:
             raise ValueError(f"{self.path}: step index {record.step} is outside [0, 2**32)")
         if self._last_step is not None and record.step <= self._last_step:
             raise ValueError(f"{self.path}: step {record.step} comes after step {self._last_step}; steps must increase")
-        if record.time_ns < 0:
-            raise ValueError(f"{self.path}: step {record.step} has a negative time_ns {record.time_ns}")
+        times = {"observation": record.time_ns, "action": record.action_time_ns or record.time_ns,
+                 "result": record.result_time_ns or record.time_ns}
+        if min(times.values()) < 0:
+            raise ValueError(f"{self.path}: step {record.step} has a negative time: {times}")
         # Encode the whole step before writing any of it: a refused step leaves no stray messages.
         messages = [
             (topic, _to_json(payload, self.path, record.step, topic))
             for topic, payload in _step_payloads(record, self.audio_sample_rate, self.path)
         ]
         for topic, data in messages:
-            self._writer.add_message(
-                self._channels[topic], log_time=record.time_ns, data=data, publish_time=record.time_ns,
-                sequence=record.step,
-            )
+            t = times[TOPIC_TIME[topic]]
+            self._writer.add_message(self._channels[topic], log_time=t, data=data, publish_time=t, sequence=record.step)
         self._last_step = record.step
         self.steps_written += 1
         if self.steps_written % self.flush_every == 0:
             self._file.flush()
+
+    def add_metadata(self, name: str, data: dict[str, str]) -> None:
+        """A metadata record at this point of the file (e.g. the recorder's counts, at the end)."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: episode writer is closed; metadata {name!r} was not written")
+        self._writer.add_metadata(name, dict(data))
 
     def close(self) -> None:
         """Write the summary and footer, sync and close the file; calling it again does nothing."""
@@ -317,6 +342,9 @@ def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tup
     payloads: list[tuple[str, dict[str, Any]]] = []
     if "image" in obs:
         payloads.append((TOPIC_IMAGE, _image_payload(obs["image"], record.time_ns, where)))
+    if record.imagined is not None:
+        payloads.append((TOPIC_IMAGINED, _image_payload(record.imagined, record.time_ns, f"{where}: imagined",
+                                                        IMAGINED_FRAME)))
     if "proprio" in obs:
         payloads.append((TOPIC_PROPRIO, {"values": _vector(obs["proprio"], f"{where}: proprio")}))
     if "audio" in obs:
@@ -326,6 +354,9 @@ def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tup
         if not isinstance(obs["instruction"], str):
             raise TypeError(f"{where}: instruction must be a str, got {type(obs['instruction']).__name__}")
         payloads.append((TOPIC_INSTRUCTION, {"text": obs["instruction"]}))
+    if record.sim_state is not None:
+        sim = {str(k): np.asarray(v, np.float64).tolist() for k, v in record.sim_state.items()}
+        payloads.append((TOPIC_SIM_STATE, sim))
     actions = {
         "requested": record.action_requested,
         "sent": record.action_sent,
@@ -335,13 +366,10 @@ def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tup
         payloads.append(
             (TOPIC_ACTION, {k: None if a is None else _vector(a, f"{where}: action {k}") for k, a in actions.items()})
         )
-    if record.surprise is not None:
-        payloads.append((TOPIC_SURPRISE, {str(k): float(v) for k, v in record.surprise.items()}))
     if record.plan is not None:
         payloads.append((TOPIC_PLAN, dict(record.plan)))
-    if record.sim_state is not None:
-        sim = {str(k): np.asarray(v, np.float64).tolist() for k, v in record.sim_state.items()}
-        payloads.append((TOPIC_SIM_STATE, sim))
+    if record.surprise is not None:
+        payloads.append((TOPIC_SURPRISE, {str(k): float(v) for k, v in record.surprise.items()}))
     payloads.append(
         (
             TOPIC_REWARD,
@@ -356,7 +384,7 @@ def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tup
     return payloads
 
 
-def _image_payload(image: np.ndarray | str, time_ns: int, where: str) -> dict[str, Any]:
+def _image_payload(image: np.ndarray | str, time_ns: int, where: str, frame_id: str = CAMERA_FRAME) -> dict[str, Any]:
     """(H, W, 3) uint8 RGB -> a foxglove.CompressedImage with a PNG inside."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
@@ -369,7 +397,7 @@ def _image_payload(image: np.ndarray | str, time_ns: int, where: str) -> dict[st
     sec, nsec = divmod(time_ns, 1_000_000_000)
     return {
         "timestamp": {"sec": sec, "nsec": nsec},
-        "frame_id": CAMERA_FRAME,
+        "frame_id": frame_id,
         "data": base64.b64encode(png.tobytes()).decode("ascii"),
         "format": "png",
     }
@@ -435,7 +463,10 @@ class _Assembler:
     audio_sample_rate: int | None = None
     open_step: int | None = None
     parts: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, int] = field(default_factory=dict)  # topic -> log_time, in the open step
     data_ended: bool = False
+    recording: dict[str, str] | None = None
+    message_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def last_good(self) -> str:
@@ -448,6 +479,8 @@ class _Assembler:
             self.topics[record.id] = record.topic
         elif isinstance(record, Metadata) and record.name == METADATA_NAME:
             self.metadata = dict(record.metadata)
+        elif isinstance(record, Metadata) and record.name == RECORDING_METADATA:
+            self.recording = dict(record.metadata)
         elif isinstance(record, Attachment):
             self.attachments[record.name] = record.data
         elif isinstance(record, Message):
@@ -465,13 +498,14 @@ class _Assembler:
         topic = self.topics.get(message.channel_id)
         if topic is None:
             raise _Corrupt(f"a message on unregistered channel {message.channel_id}")
+        self.message_counts[topic] = self.message_counts.get(topic, 0) + 1
         if topic not in SCHEMAS:
             return  # a channel a later version added; this reader has no field for it
         step = message.sequence
         if self.open_step is None:
             if self.steps and step <= self.steps[-1].step:
                 raise _Corrupt(f"step {step} follows step {self.steps[-1].step}")
-            self.open_step, self.parts = step, {}
+            self.open_step, self.parts, self.times = step, {}, {}
         elif step != self.open_step:
             raise _Corrupt(f"a {topic} message of step {step} inside step {self.open_step}")
         if topic in self.parts:
@@ -480,15 +514,19 @@ class _Assembler:
             self.parts[topic] = json.loads(message.data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _Corrupt(f"the {topic} message of step {step} is not JSON ({exc})") from None
+        self.times[topic] = message.log_time
         if topic == TOPIC_REWARD:
             try:
-                self.steps.append(self._step_record(step, message.log_time))
+                self.steps.append(self._step_record(step))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise _Corrupt(f"step {step} holds a malformed message: {exc!r}") from None
             self.open_step, self.parts = None, {}
 
-    def _step_record(self, step: int, time_ns: int) -> StepRecord:
-        parts = self.parts
+    def _step_record(self, step: int) -> StepRecord:
+        parts, times = self.parts, self.times
+        # the observation's capture time: from its channels, else (a step that recorded none) the first message's
+        observed = [times[t] for t in times if TOPIC_TIME[t] == "observation"]
+        time_ns = observed[0] if observed else next(iter(times.values()))
         observation: dict[str, np.ndarray | str] = {}
         if TOPIC_IMAGE in parts:
             observation["image"] = _decode_image(parts[TOPIC_IMAGE])
@@ -502,6 +540,7 @@ class _Assembler:
             observation["instruction"] = str(parts[TOPIC_INSTRUCTION]["text"])
         action = parts.get(TOPIC_ACTION, {})
         reward = parts[TOPIC_REWARD]
+        imagined = _decode_image(parts[TOPIC_IMAGINED]) if TOPIC_IMAGINED in parts else None
         sim = parts.get(TOPIC_SIM_STATE)
         return StepRecord(
             step=step,
@@ -517,6 +556,9 @@ class _Assembler:
             surprise=None if TOPIC_SURPRISE not in parts else {k: float(v) for k, v in parts[TOPIC_SURPRISE].items()},
             plan=parts.get(TOPIC_PLAN),
             sim_state=None if sim is None else {k: np.asarray(v, np.float64) for k, v in sim.items()},
+            imagined=imagined,
+            action_time_ns=times.get(TOPIC_ACTION, times.get(TOPIC_PLAN)),
+            result_time_ns=times[TOPIC_REWARD],
         )
 
 
@@ -576,4 +618,6 @@ def read_episode(path: str | Path) -> Episode:
         complete=complete,
         audio_sample_rate=assembler.audio_sample_rate,
         path=path,
+        recording=assembler.recording,
+        message_counts=assembler.message_counts,
     )

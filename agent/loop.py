@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,10 +27,11 @@ from agent.body import fit_deadline, make_body
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
 from agent.config import Config, save_config
-from agent.episodes import EpisodeWriter, StepRecord
+from agent.episodes import StepRecord
 from agent.metrics import MetricsLog
 from agent.plots import plot_health, plot_learning_curve
 from agent.progress import Progress
+from agent.recorder import EpisodeRecorder
 from agent.video import write_side_by_side
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -109,16 +112,20 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
                 body_name: str) -> EpisodeResult:
     seed = cfg.run.seed * 100_003 + counters.episode  # a fresh, reproducible start for every episode
     obs, info = env.reset(seed=seed)
+    captured = capture_time(info)
     brain.deliberation.new_episode()
     o = brain.prepare(obs)
     z = brain.encode(o)
+    # what the model pictures of each observation, for the episode file and the last episode's video
+    imagine = (cfg.run.video or cfg.run.record_episodes) and "image" in o
     keep_frames = cfg.run.video and "image" in o
+    picture = brain.imagine_frame(z) if imagine else None  # of o_t, from o_t itself at the start
     real = [sim.newest_frame(o["image"])] if keep_frames else []
-    imagined = [brain.imagine_frame(z)] if keep_frames else []
+    imagined = [picture] if keep_frames else []
     averages = Averages()
     ret, success, t, start, done = 0.0, None, 0, time.perf_counter(), False
     stale_streak = stale_holds = 0
-    writer = open_writer(env, cfg, run_dir, counters.episode, seed, body_name) if cfg.run.record_episodes else None
+    recorder = open_recorder(env, cfg, run_dir, counters.episode, seed, body_name) if cfg.run.record_episodes else None
     try:
         while not done and counters.env_step < cfg.run.steps:
             if info.get("stale") or time.monotonic() > info.get("stale_at", float("inf")):
@@ -127,8 +134,10 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
                 # experience in memory breaks here)
                 brain.memory.add(o)
                 obs, info = env.reset(options={"hold": True})
+                captured = capture_time(info)
                 o = brain.prepare(obs)
                 z = brain.encode(o)
+                picture = brain.imagine_frame(z) if imagine else None  # no prediction reaches across a hold
                 stale_streak += 1
                 if stale_streak > MAX_STALE_STREAK:
                     raise ConnectionError(f"{stale_streak} observations in a row arrived stale (the last "
@@ -138,11 +147,12 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
                 continue
             stale_streak = 0
             # observe -> plan
-            captured = time.time_ns()
-            state = sim_state(env) if writer is not None else None  # the state o_t was seen in
+            state = sim_state(env) if recorder is not None else None  # the state o_t was seen in
             step = brain.act(z, explore=True, random=counters.env_step < cfg.run.seed_steps)
             # act
+            acted = time.time_ns()
             next_obs, reward, terminated, truncated, info = env.step(step.action)
+            returned = time.time_ns()
             done = terminated or truncated
             # a robot reports what it sent and applied; a simulation applies the action within its limits
             sent = info.get("action_sent", step.action)
@@ -165,15 +175,18 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
 
             # record
             trace = step.trace.scalars() if step.trace else {}
-            if writer is not None:
-                writer.write(StepRecord(
+            if recorder is not None:
+                recorder.record(StepRecord(
                     step=t, time_ns=captured, observation=recorded(obs), action_requested=step.action,
                     action_sent=sent, action_applied=applied, reward=float(reward),
                     terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
-                    surprise=s, plan=trace or None, sim_state=state))
+                    surprise=s, plan=trace or None, sim_state=state, imagined=picture, action_time_ns=acted,
+                    result_time_ns=returned))
+            if imagine:
+                picture = brain.imagine_frame(step.expected_latent)  # of o_{t+1}, as the model expected it
             if keep_frames:
                 real.append(sim.newest_frame(o_next["image"]))
-                imagined.append(brain.imagine_frame(step.expected_latent))
+                imagined.append(picture)
             averages.add({"surprise": s["total"], "surprise_latent": s["latent"], "surprise_reward": s["reward"],
                           "replanned": float(replanned), **{f"plan_{k}": float(v) for k, v in trace.items()}})
             for m in learned:
@@ -183,10 +196,10 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             counters.env_step += 1
             t += 1
             progress.step(counters.env_step, s["total"], trace.get("think_ms"))
-            obs, o, z = next_obs, o_next, z_next
+            obs, o, z, captured = next_obs, o_next, z_next, capture_time(info, returned)
     finally:
-        if writer is not None:
-            writer.close()
+        if recorder is not None:
+            recorder.close()
 
     brain.memory.add(o)  # the episode's last observation closes its sequences (also when the run ends mid-way)
     counters.episode += 1
@@ -195,6 +208,8 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
            "steps_per_s": t / max(elapsed, 1e-9), "wall_s": time.time() - counters.started,
            "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped,
            "restored_weights": brain.learner.restored}
+    if recorder is not None:  # steps the episode file lacks because its writer fell behind
+        row["record_dropped_steps"] = recorder.dropped
     if "stale" in info:  # only a remote body can be late
         row["stale_holds"] = stale_holds
     if success is not None:  # only tasks that report success get the column
@@ -203,14 +218,30 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     return EpisodeResult(row, real, imagined)
 
 
-def open_writer(env, cfg: Config, run_dir: Path, episode: int, seed: int, body_name: str) -> EpisodeWriter:
+def open_recorder(env, cfg: Config, run_dir: Path, episode: int, seed: int, body_name: str) -> EpisodeRecorder:
     attachments = {"config.yaml": (run_dir / "config.yaml").read_bytes()}
     model_xml = getattr(env.unwrapped, "model_xml", None)
     if callable(model_xml):
         attachments["model.xml"] = model_xml().encode()
     meta = {"run": run_dir.name, "seed": str(seed), "env": body_name, "episode": str(episode),
-            "code_version": code_version()}
-    return EpisodeWriter(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments)
+            "code_version": code_version(), "objective": objective_name(cfg, body_name),
+            "control_hz": f"{1.0 / sim.control_period(env):.6g}"}
+    return EpisodeRecorder(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments,
+                           flush_every=cfg.run.record_flush_every, queue_steps=cfg.run.record_queue_steps)
+
+
+def objective_name(cfg: Config, body_name: str) -> str:
+    """What the reward in the file means: the body's own task, or the config's objective on a robot."""
+    objective = cfg.objective
+    if objective.kind == "env":
+        return f"env: the reward of {body_name}"
+    return json.dumps(dataclasses.asdict(objective), separators=(",", ":"))
+
+
+def capture_time(info: dict, now: int | None = None) -> int:
+    """When an observation was captured, on this clock: a robot says how old it was on arrival."""
+    now = time.time_ns() if now is None else now
+    return now - int(info.get("obs_age_s", 0.0) * 1e9)
 
 
 def recorded(obs: dict) -> dict:

@@ -30,12 +30,12 @@ def compose_frame(
     The real panel's top-left corner is at (LABEL_HEIGHT, 0), the imagined one's at
     (LABEL_HEIGHT, W1 * scale + GAP).
     """
-    big_real = _upscale(real, scale)
-    big_imagined = _upscale(imagined, scale)
+    big_real = upscale(real, scale)
+    big_imagined = upscale(imagined, scale)
     left = big_real.shape[1] + GAP
     height = LABEL_HEIGHT + max(big_real.shape[0], big_imagined.shape[0])
     width = left + big_imagined.shape[1]
-    canvas = np.full((_round_up(height), _round_up(width), 3), BACKGROUND, np.uint8)
+    canvas = np.full((round_up(height), round_up(width), 3), BACKGROUND, np.uint8)
     canvas[LABEL_HEIGHT : LABEL_HEIGHT + big_real.shape[0], : big_real.shape[1]] = big_real
     canvas[LABEL_HEIGHT : LABEL_HEIGHT + big_imagined.shape[0], left : left + big_imagined.shape[1]] = big_imagined
     for text, x in zip(labels, (0, left)):
@@ -96,10 +96,10 @@ def _check_frames(frames: Sequence[np.ndarray], name: str, path: Path) -> None:
             raise ValueError(f"{path}: {name}[{i}] has shape {frame.shape}, {name}[0] has {first.shape}")
 
 
-def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
     """(H, W, 3) -> (H * scale, W * scale, 3), each pixel a scale x scale square."""
     return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def _round_up(n: int) -> int:
+def round_up(n: int) -> int:
     return -(-n // BLOCK) * BLOCK

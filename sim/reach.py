@@ -255,6 +255,11 @@ class ReachEnv(gymnasium.Env):
         self._audio.reset(contact_forces(self._model, self._data))
         self._steps = int(round(self._data.time / CONTROL_PERIOD))
 
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (after `set_state`, say), with silent audio: sound is
+        made by contacts over a control period and is not part of the state."""
+        return self._observation(np.zeros(self._audio.samples_per_period, dtype=np.float32))
+
     # ------------------------------------------------------------------------------- helpers
 
     def _place_target(self, xy: np.ndarray) -> None:

@@ -90,3 +90,13 @@ def test_bridge_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch, capsy
         assert float(r["raw_p50_us"]) > 0 and float(r["codec_p50_us"]) > 0 and float(r["bridge_p50_us"]) > 0
         assert float(r["lockstep_hz"]) > 0
     assert (tmp_path / "bridge.png").stat().st_size > 0 and not (tmp_path / "server.jsonl").exists()
+
+
+def test_recording_benchmark_measures_the_loop_with_recording_on_and_off(tmp_path, capsys):
+    recording = load("recording")
+    assert recording.main(["--steps", "30", "--rounds", "1", "--out", str(tmp_path), *TINY]) == 0
+    (row,) = rows(tmp_path / "recording.csv")
+    # numbers are measured, not asserted: only that each was taken
+    assert float(row["record_call_us"]) > 0 and float(row["step_off_ms"]) > 0 and float(row["step_on_ms"]) > 0
+    assert len(list((tmp_path / "loop-on" / "episodes").glob("*.mcap"))) == 3
+    assert not (tmp_path / "loop-off" / "episodes").exists()

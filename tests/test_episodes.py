@@ -56,11 +56,19 @@ def make_record(step: int, size: int = 16, samples: int = 50) -> StepRecord:
               "elites": [1, 2, 3]},
         sim_state={"time": np.array(0.02 * step), "qpos": rng.standard_normal(7), "qvel": rng.standard_normal(6),
                    "act": np.zeros(0)},
+        imagined=None if step % 2 else rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8),
+        # the plan takes 7 ms, the step's result comes back 12 ms after the observation
+        action_time_ns=1_700_000_000_123_456_789 + step * 50_000_000 + 7_000_000,
+        result_time_ns=1_700_000_000_123_456_789 + step * 50_000_000 + 12_000_000,
     )
 
 
 def assert_same_step(got: StepRecord, want: StepRecord) -> None:
     assert got.step == want.step and got.time_ns == want.time_ns
+    assert (got.action_time_ns, got.result_time_ns) == (want.action_time_ns, want.result_time_ns)
+    assert (got.imagined is None) == (want.imagined is None)
+    if want.imagined is not None:
+        np.testing.assert_array_equal(got.imagined, want.imagined)
     assert sorted(got.observation) == sorted(want.observation)
     for key, value in want.observation.items():
         if isinstance(value, str):
@@ -114,8 +122,9 @@ def test_missing_fields_stay_missing(tmp_path: Path) -> None:
         writer.write(StepRecord(step=3, time_ns=5, observation={}, action_requested=None, action_sent=None,
                                 action_applied=None, reward=None))
     (got,) = read_episode(path).steps
+    # read back, the result's time is explicit: the step's one time
     assert got == StepRecord(step=3, time_ns=5, observation={}, action_requested=None, action_sent=None,
-                             action_applied=None, reward=None)
+                             action_applied=None, reward=None, result_time_ns=5)
 
 
 def test_standard_reader_sees_a_foxglove_image(tmp_path: Path) -> None:
@@ -167,6 +176,23 @@ def test_every_truncation_reads_a_prefix_or_names_the_file(tmp_path: Path) -> No
     assert read_episode(path).complete
 
 
+def kill_when_flushed(child: str, want: int, timeout_s: float = 30.0) -> None:
+    """Run the Python source `child`, which prints how many steps it has flushed after every step,
+    and kill it with SIGKILL once it has flushed `want`."""
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        assert process.stdout is not None
+        while (line := process.stdout.readline()) and int(line) < want:
+            assert time.monotonic() < deadline, "the writer is too slow"
+        assert line, f"the writer exited early with {process.wait()}"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
 def test_killed_writer_leaves_every_flushed_step(tmp_path: Path) -> None:
     path = tmp_path / "killed.mcap"
     child = (
@@ -177,25 +203,11 @@ def test_killed_writer_leaves_every_flushed_step(tmp_path: Path) -> None:
         f"writer = EpisodeWriter({str(path)!r}, METADATA, {{'reach.xml': b'<mujoco/>'}}, flush_every=1)\n"
         "for step in range(100_000):\n"
         "    writer.write(make_record(step))\n"
-        "    print(step, flush=True)\n"
+        "    print(step + 1, flush=True)\n"
         "    time.sleep(0.001)\n"
     )
     want = 25
-    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        reported = -1
-        assert process.stdout is not None
-        while reported < want - 1:
-            line = process.stdout.readline()
-            assert line, f"writer exited early with {process.wait()}"
-            reported = int(line)
-            assert time.monotonic() < deadline, "writer too slow"
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_when_flushed(child, want)
     episode = read_episode(path)
     assert not episode.complete
     assert episode.metadata == METADATA and episode.attachments == {"reach.xml": b"<mujoco/>"}

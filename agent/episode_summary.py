@@ -1,0 +1,78 @@
+"""What `omniloop episodes ls` and `omniloop episodes info` say about recorded episodes.
+
+An episode's control rate is measured from the capture times of its observations (steps per second
+between the first and the last) and compared with the body's control rate in the file's metadata
+(`control_hz`). A rate below 90 % of the target is flagged: on a robot it means the agent fell
+behind its body (planning or learning took longer than a control period).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.episodes import Episode, EpisodeError, read_episode
+
+SLOW_FRACTION = 0.9  # an achieved rate below this share of the target is flagged
+
+
+@dataclass
+class EpisodeSummary:
+    path: Path
+    steps: int
+    episode_return: float
+    success: bool | None  # the last step's success, where the task reports one
+    duration_s: float  # first observation's capture to the last step's result
+    rate_hz: float | None  # achieved control rate; None with fewer than two steps
+    target_hz: float | None  # the body's control rate; None in files that do not record it
+    complete: bool  # False: the writer was killed before the footer
+    dropped_steps: int | None  # steps the recorder could not keep up with; None in a torn file
+    message_counts: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    attachments: dict[str, int] = field(default_factory=dict)  # name -> bytes
+
+    @property
+    def slow(self) -> bool:
+        """The achieved control rate is below 90 % of the target."""
+        return self.rate_hz is not None and self.target_hz is not None and self.rate_hz < SLOW_FRACTION * self.target_hz
+
+
+def summarize(episode: Episode) -> EpisodeSummary:
+    steps = episode.steps
+    rewards = [s.reward for s in steps if s.reward is not None]
+    duration = (steps[-1].result_time_ns - steps[0].time_ns) / 1e9 if steps else 0.0
+    span = (steps[-1].time_ns - steps[0].time_ns) / 1e9 if len(steps) > 1 else 0.0
+    target = episode.metadata.get("control_hz")
+    dropped = (episode.recording or {}).get("dropped_steps")
+    return EpisodeSummary(
+        path=episode.path or Path("?"),
+        steps=len(steps),
+        episode_return=float(sum(rewards)),
+        success=next((s.success for s in reversed(steps) if s.success is not None), None),
+        duration_s=duration,
+        rate_hz=(len(steps) - 1) / span if span > 0 else None,
+        target_hz=float(target) if target else None,
+        complete=episode.complete,
+        dropped_steps=None if dropped is None else int(dropped),
+        message_counts=dict(episode.message_counts),
+        metadata=dict(episode.metadata),
+        attachments={name: len(data) for name, data in episode.attachments.items()},
+    )
+
+
+def episode_files(folder: Path) -> list[Path]:
+    """The episode files in `folder`: a run folder (its episodes/), an episodes folder, or any tree."""
+    if not folder.is_dir():
+        raise EpisodeError(f"{folder}: not a folder")
+    return sorted(folder.rglob("*.mcap"))
+
+
+def summarize_folder(folder: Path) -> list[EpisodeSummary | EpisodeError]:
+    """A summary per file; a file that cannot be read gives its error in its place, and the rest go on."""
+    out: list[EpisodeSummary | EpisodeError] = []
+    for path in episode_files(folder):
+        try:
+            out.append(summarize(read_episode(path)))
+        except EpisodeError as exc:
+            out.append(exc)
+    return out

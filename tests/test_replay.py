@@ -1,0 +1,126 @@
+"""Replay: states replay is exact, actions replay follows the recording and reports where a changed
+one leaves it, and episodes that cannot be replayed say why."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sim
+from agent.cli import main
+from agent.config import Config, save_config
+from agent.episodes import StepRecord, read_episode
+from agent.recorder import EpisodeRecorder
+from agent.replay import ReplayError, replay_actions, replay_states
+
+STEPS = 25
+
+
+def record_episode(folder: Path, env_name: str = "reach", push: float = 0.0, seed: int = 3) -> Path:
+    """An episode recorded as the loop records one (config attached, state before each action), with
+    seeded random actions; `push` changes the recorded actions after the fact, as a bug would."""
+    cfg = Config()
+    cfg.env.name = env_name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.yaml")
+    env = sim.make(cfg.env, seed=cfg.run.seed)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    get_state = getattr(env.unwrapped, "get_state", None)
+    path = folder / "episodes" / "episode_000000.mcap"
+    meta = {"run": "test", "seed": str(seed), "env": env_name, "code_version": "test", "episode": "0"}
+    with EpisodeRecorder(path, meta, {"config.yaml": (folder / "config.yaml").read_bytes()}) as recorder:
+        for t in range(STEPS):
+            state = get_state() if callable(get_state) else None
+            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            observation = {k: sim.newest_frame(v) if k == "image" else v for k, v in obs.items() if k != "audio"}
+            recorder.record(StepRecord(step=t, time_ns=time.time_ns(), observation=observation,
+                                       action_requested=action, action_sent=action,
+                                       action_applied=action + np.float32(push) * (t >= 10), reward=float(reward),
+                                       sim_state=state, surprise={"total": 0.1 * t}, plan={"think_ms": 5.0},
+                                       imagined=255 - observation["image"] if "image" in observation else None))
+            obs = next_obs
+    env.close()
+    return path
+
+
+def test_states_replay_is_exact_and_a_changed_frame_is_found(tmp_path: Path, capsys) -> None:
+    path = record_episode(tmp_path)
+    report = replay_states(read_episode(path))
+    assert len(report.steps) == STEPS and report.largest("image") == 0 and report.largest("proprio") == 0
+    assert main(["replay", str(path), "--mode", "states"]) == 0
+    assert "reproduces the recording exactly" in capsys.readouterr().out
+
+    # a recording whose frame 7 differs from what its state shows (a renderer or model file changed)
+    episode = read_episode(path)
+    episode.steps[7].observation["image"][5, 5] ^= 0xFF
+    report = replay_states(episode)
+    assert report.first_divergence() == 7 and report.largest("image") > 0
+    assert report.steps[6].image == 0 and report.steps[8].image == 0
+
+
+def test_actions_replay_follows_the_recording_and_finds_where_changed_actions_leave_it(tmp_path: Path, capsys) -> None:
+    exact = replay_actions(read_episode(record_episode(tmp_path / "a")))
+    assert len(exact.steps) == STEPS and exact.first_divergence() is None
+    assert exact.largest("qpos") == 0 and exact.largest("reward") == 0
+
+    pushed = record_episode(tmp_path / "b", push=0.5)  # from step 10 on, the file holds other actions
+    report = replay_actions(read_episode(pushed))
+    assert report.first_divergence() == 11  # the first observation that follows a changed action
+    assert all(s.qpos == 0 for s in report.steps[:11]) and report.steps[-1].qpos > report.steps[12].qpos > 0
+    out = tmp_path / "drift.csv"
+    assert main(["replay", str(pushed), "--mode", "actions", "--out", str(out)]) == 0
+    assert "leaves the recording at step 11" in capsys.readouterr().out
+    lines = out.read_text().splitlines()
+    assert lines[0] == "step,image,proprio,qpos,reward" and len(lines) == STEPS + 1
+
+
+def test_a_body_without_state_replays_its_actions_from_its_seed_but_not_its_states(tmp_path: Path) -> None:
+    path = record_episode(tmp_path, env_name="dmc:reacher-easy")
+    report = replay_actions(read_episode(path))
+    assert report.first_divergence() is None and report.largest("proprio") == 0
+    with pytest.raises(ReplayError, match="no step holds a simulator state.*--mode actions"):
+        replay_states(read_episode(path))
+
+
+def test_episodes_that_cannot_be_replayed_say_why(tmp_path: Path, capsys) -> None:
+    path = record_episode(tmp_path)
+    episode = read_episode(path)
+    robot = dataclasses.replace(episode, metadata={**episode.metadata, "env": "robot:sim:reach@tcp://127.0.0.1:5555"})
+    with pytest.raises(ReplayError, match="recorded on a robot"):
+        replay_actions(robot)
+    with pytest.raises(ReplayError, match="no config.yaml attachment"):
+        replay_actions(dataclasses.replace(episode, attachments={}))
+    broken = tmp_path / "broken.mcap"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64  # a record in the middle is overwritten
+    broken.write_bytes(bytes(data))
+    assert main(["replay", str(broken), "--mode", "states"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.mcap" in err and "after step" in err and "Traceback" not in err
+
+
+def test_the_video_has_a_frame_per_step_with_camera_picture_and_charts(tmp_path: Path, capsys) -> None:
+    import imageio.v2 as imageio
+
+    path = record_episode(tmp_path)
+    out = tmp_path / "episode.mp4"
+    assert main(["replay", str(path), "--mode", "video", "--out", str(out), "--fps", "10"]) == 0
+    assert f"{STEPS} frames of 1008x288" in capsys.readouterr().out
+    reader = imageio.get_reader(out)
+    frames = [frame for frame in reader]
+    assert reader.get_meta_data()["fps"] == 10
+    assert len(frames) == STEPS and frames[0].shape == (288, 1008, 3)
+    # the camera panel (64x64 at 4x) and the picture beside it (its negative here) are where they belong
+    camera = read_episode(path).steps[3].observation["image"].astype(int)
+    shown = frames[3][20:276, 0:256].reshape(64, 4, 64, 4, 3).mean(axis=(1, 3))
+    assert np.abs(shown - camera).mean() < 8  # H.264 is lossy: close, not equal
+    picture = frames[3][20:276, 264:520].reshape(64, 4, 64, 4, 3).mean(axis=(1, 3))
+    assert np.abs(picture - (255 - camera)).mean() < 8
+    assert main(["replay", str(path), "--mode", "video"]) == 2  # --out is needed
+    assert "--out" in capsys.readouterr().err
