@@ -8,6 +8,7 @@
     omniloop episodes info  one episode file in full: metadata, channels and their message counts
     omniloop episodes export  a folder of episodes as a LeRobot v3.0 dataset (parquet, MP4, meta/)
     omniloop replay         replay an episode: by its states or its actions in simulation, or as a video
+    omniloop train          learn offline from recorded episodes; `omniloop sim --init` goes on online
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, metavar="FILE",
                         help="states, actions: a CSV of the per-step differences; video: the MP4 (required)")
     replay.add_argument("--fps", type=float, help="video: frames per second (default: the episode's control rate)")
+
+    train = verbs.add_parser("train", help="learn offline from recorded episodes, before any online step",
+                             description="Fill the replay memory with recorded episodes and take learner steps on "
+                                         "it: world model, value and policy, as online. Writes a run folder whose "
+                                         "checkpoint `omniloop sim --init` starts from.")
+    train.add_argument("--episodes", type=Path, required=True, metavar="DIR", help="a run folder or a folder of episodes")
+    train.add_argument("--updates", type=int, default=2000, help="learner steps (default 2000)")
+    train.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-offline)")
+    train.add_argument("--config", type=Path, help="YAML config (default: the one the episodes were recorded with)")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="sets run.device")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set any config field, e.g. learner.batch_size=64")
     return parser
 
 
@@ -108,6 +121,10 @@ def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint, with its saved config "
                         "(options and overrides given here still apply, e.g. a larger --steps)")
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                   help="start a new run from this checkpoint's brain (e.g. from `omniloop train`): its weights and "
+                        "its memory, with the counters at zero, and the config.yaml beside it unless --config is "
+                        "given; add run.seed_steps=0 to act with it from the first step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="set any config field, e.g. planner.horizon=5 learner.batch_size=64")
@@ -121,6 +138,10 @@ def run_config(args: argparse.Namespace) -> tuple[Config, Path]:
         if not saved.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run folder")
         cfg = load_config(args.config or saved, args.overrides)
+    elif args.init is not None and args.config is None and (args.init.parent / "config.yaml").is_file():
+        cfg = load_config(args.init.parent / "config.yaml", args.overrides)  # the brain's own model and body
+        if not any(item.startswith("run.out=") for item in args.overrides):
+            cfg.run.out = None  # the checkpoint's folder is not this run's
     else:
         default = args.default_config
         cfg = load_config(args.config if args.config is not None else (default if default.is_file() else None),
@@ -162,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent.episodes_cli import replay_command
 
         return replay_command(args)
+    if args.verb == "train":
+        return train_offline(args)
     return 2
 
 
@@ -179,10 +202,15 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.resume is not None and not (run_dir / "checkpoint.safetensors").is_file():
         print(f"{verb}: error: --resume {run_dir}: no checkpoint.safetensors there", file=sys.stderr)
         return 2
+    if args.init is not None and (args.resume is not None or not args.init.is_file()):
+        why = "--init starts a new run; --resume goes on with one" if args.resume else f"{args.init} is not a file"
+        print(f"{verb}: error: --init: {why}", file=sys.stderr)
+        return 2
     print(f"run folder: {run_dir}")
     try:
         rows = run(cfg, run_dir, resume=args.resume is not None, show_progress=not args.no_progress, body=args.verb,
-                   clear_fault=getattr(args, "clear_fault", False))  # a one-off permission: not saved in config.yaml
+                   clear_fault=getattr(args, "clear_fault", False),  # a one-off permission: not saved in config.yaml
+                   init=args.init)
     except (ConfigError, FileExistsError, CheckpointError) as exc:
         print(f"{verb}: error: {exc}", file=sys.stderr)
         return 2
@@ -196,6 +224,38 @@ def run_agent(args: argparse.Namespace) -> int:
         success = f", success {sum(ok) / len(ok):.0%}" if ok else ""
         print(f"done: {rows[-1]['env_step']} env steps; last {len(tail)} episodes: "
               f"return {ret:.2f}{success}. Results in {run_dir}")
+    return 0
+
+
+def train_offline(args: argparse.Namespace) -> int:
+    from agent.checkpoint import CheckpointError
+    from agent.episodes import EpisodeError
+    from agent.offline import read_episodes, recorded_config, train_offline as train
+
+    try:
+        if args.updates < 1:
+            raise ConfigError(f"--updates must be at least 1, got {args.updates}")
+        episodes = read_episodes(args.episodes)
+        if args.config is not None:
+            cfg = load_config(args.config, args.overrides)
+        else:  # the episodes' own config: the model then fits the body that recorded them
+            cfg = recorded_config(episodes, args.overrides)
+        if args.device is not None:
+            cfg.run.device = args.device
+        out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S-offline")
+        cfg.run.out = str(out)
+        validate(cfg)
+        if (out / "checkpoint.safetensors").exists():
+            raise ConfigError(f"{out} already holds a checkpoint; choose another --out")
+        print(f"run folder: {out}")
+        summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress)
+    except (ConfigError, EpisodeError, CheckpointError) as exc:
+        print(f"omniloop train: error: {exc}", file=sys.stderr)
+        return 2
+    last = summary["last"]
+    print(f"done: {summary['updates']} learner steps on {summary['transitions']} transitions of "
+          f"{summary['episodes']} episodes; loss {last.get('train_loss', float('nan')):.4f}. "
+          f"Go on online with: omniloop sim --init {out / 'checkpoint.safetensors'} run.seed_steps=0")
     return 0
 
 

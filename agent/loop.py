@@ -26,7 +26,7 @@ import sim
 from agent.body import fit_deadline, make_body
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
-from agent.config import Config, save_config
+from agent.config import Config, ConfigError, save_config
 from agent.episodes import StepRecord
 from agent.metrics import MetricsLog
 from agent.plots import plot_health, plot_learning_curve
@@ -64,11 +64,13 @@ def code_version() -> str:
 
 def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True,
         after_episode: Callable[[Brain, int], None] | None = None, body: str = "sim",
-        clear_fault: bool = False) -> list[dict]:
+        clear_fault: bool = False, init: Path | None = None) -> list[dict]:
     """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir.
 
     `body` is "sim" or "robot" (agent/body.py); `clear_fault` lets a robot be re-armed over a latched
-    fault, once. `after_episode(brain, env_step)` runs between episodes (a benchmark evaluates there)."""
+    fault, once. `init` starts a new run from a checkpoint's brain (weights, optimizers and memory,
+    e.g. from `omniloop train`), with the counters at zero. `after_episode(brain, env_step)` runs
+    between episodes (a benchmark evaluates there)."""
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
@@ -77,9 +79,15 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
     env, body_name = make_body(cfg, body, clear_fault)  # the body first: one that cannot be built leaves no run folder
     if body == "robot":
         fit_deadline(cfg, sim.control_period(env))
+    try:
+        brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
+        if init is not None:
+            start_from(brain, init)  # a checkpoint that does not fit leaves no run folder either
+    except BaseException:
+        env.close()
+        raise
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
     counters = Counters()
     if resume:
         tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
@@ -253,6 +261,15 @@ def sim_state(env) -> dict[str, np.ndarray] | None:
     """The full simulator state, where the body is a simulation that exposes it (for exact replay)."""
     get_state = getattr(env.unwrapped, "get_state", None)
     return get_state() if callable(get_state) else None
+
+
+def start_from(brain: Brain, path: Path) -> None:
+    """Load a checkpoint's brain into a new run; one made for another model or body is refused by name."""
+    tensors, meta = load_checkpoint(path)
+    try:
+        brain.load_state(tensors, meta)
+    except (RuntimeError, KeyError, ValueError) as exc:  # torch names the tensors whose shapes differ
+        raise ConfigError(f"--init {path}: its brain does not fit this config and body: {str(exc)[:600]}") from None
 
 
 def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 import sim
-from agent.config import Config, ConfigError, from_dict
+from agent.config import Config, ConfigError, from_dict, parse_override, set_dotted
 from agent.episodes import Episode, EpisodeError, StepRecord
 
 EXACT = 0.0  # the states replay's tolerance: it must reproduce the recording bit for bit
@@ -58,16 +58,25 @@ class ReplayReport:
         return None
 
 
-def episode_config(episode: Episode) -> Config:
-    """The run's resolved config, from the file's `config.yaml` attachment."""
+def episode_config(episode: Episode, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's resolved config, from the file's `config.yaml` attachment, with `key=value` overrides."""
     where = episode.path or "episode"
     text = episode.attachments.get("config.yaml")
     if text is None:
         raise ReplayError(f"{where}: no config.yaml attachment, so the body it ran cannot be rebuilt")
     try:
-        return from_dict(Config, yaml.safe_load(text) or {})
-    except (yaml.YAMLError, ConfigError) as exc:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ReplayError(f"{where}: its config.yaml attachment is not YAML: {exc}") from None
+    try:
+        cfg = from_dict(Config, data)
+    except ConfigError as exc:
         raise ReplayError(f"{where}: its config.yaml attachment does not load here: {exc}") from None
+    if not overrides:
+        return cfg
+    for item in overrides:
+        set_dotted(data, *parse_override(item))
+    return from_dict(Config, data)  # a bad override is the caller's ConfigError, not the file's
 
 
 def simulated_body(episode: Episode):

@@ -100,3 +100,15 @@ def test_recording_benchmark_measures_the_loop_with_recording_on_and_off(tmp_pat
     assert float(row["record_call_us"]) > 0 and float(row["step_off_ms"]) > 0 and float(row["step_on_ms"]) > 0
     assert len(list((tmp_path / "loop-on" / "episodes").glob("*.mcap"))) == 3
     assert not (tmp_path / "loop-off" / "episodes").exists()
+
+
+def test_offline_pretrain_benchmark_runs_source_offline_and_both_online_runs(tmp_path, capsys):
+    bench = load("offline_pretrain")
+    assert bench.main(["--source-steps", "30", "--updates", "10", "--steps", "20", "--out", str(tmp_path), *TINY]) == 0
+    table = rows(tmp_path / "offline_pretrain.csv")
+    assert {r["start"] for r in table} == {"offline brain", "scratch"}
+    assert [r["env_step"] for r in table if r["start"] == "scratch"] == ["10", "20"]
+    assert (tmp_path / "offline_pretrain.png").stat().st_size > 0
+    assert (tmp_path / "offline" / "checkpoint.safetensors").is_file()
+    pretrained = [r for r in table if r["start"] == "offline brain"]
+    assert len(pretrained) == 2

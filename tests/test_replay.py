@@ -38,7 +38,7 @@ def record_episode(folder: Path, env_name: str = "reach", push: float = 0.0, see
             state = get_state() if callable(get_state) else None
             action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            observation = {k: sim.newest_frame(v) if k == "image" else v for k, v in obs.items() if k != "audio"}
+            observation = {k: sim.newest_frame(v) if k == "image" else v for k, v in obs.items()}
             recorder.record(StepRecord(step=t, time_ns=time.time_ns(), observation=observation,
                                        action_requested=action, action_sent=action,
                                        action_applied=action + np.float32(push) * (t >= 10), reward=float(reward),
