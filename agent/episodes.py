@@ -195,6 +195,14 @@ class StepRecord:
     action_time_ns: int | None = None  # when the action was sent; None: time_ns
     result_time_ns: int | None = None  # when the step's result (reward, next observation) came back; None: time_ns
 
+    @property
+    def action_taken(self) -> np.ndarray | None:
+        """What the body really got: the applied action, else the sent one, else the requested one."""
+        for action in (self.action_applied, self.action_sent, self.action_requested):
+            if action is not None:
+                return action
+        return None
+
 
 @dataclass
 class Episode:

@@ -61,7 +61,7 @@ def fill_memory(brain: Brain, episodes: list[Episode], frame_stack: int) -> int:
     """Add every episode to the brain's memory; returns the transitions added."""
     added = 0
     for episode in episodes:
-        steps = [s for s in episode.steps if _action(s) is not None]
+        steps = [s for s in episode.steps if s.action_taken is not None]
         if len(steps) < 2:
             continue
         frames: list[np.ndarray] = []
@@ -73,8 +73,8 @@ def fill_memory(brain: Brain, episodes: list[Episode], frame_stack: int) -> int:
                 brain.memory.add(brain.prepare(obs))
             else:
                 surprise = (step.surprise or {}).get("total")
-                brain.memory.add(brain.prepare(obs), _action(step), float(step.reward or 0.0), step.terminated,
-                                 surprise)
+                brain.memory.add(brain.prepare(obs), step.action_taken, float(step.reward or 0.0),
+                                 step.terminated, surprise)
                 added += 1
     if not added:
         raise EpisodeError("no episode holds a step with an action and a step after it")
@@ -92,7 +92,8 @@ def train_offline(cfg: Config, episodes: list[Episode], out: Path, updates: int,
     from agent.plots import plot_health
 
     spec = observation_spec(episodes, cfg.env.frame_stack)
-    action_dim = int(next(_action(s) for e in episodes for s in e.steps if _action(s) is not None).shape[0])
+    taken = next(s.action_taken for e in episodes for s in e.steps if s.action_taken is not None)
+    action_dim = int(taken.shape[0])
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     brain = Brain(cfg, spec, action_dim)
@@ -122,13 +123,6 @@ def train_offline(cfg: Config, episodes: list[Episode], out: Path, updates: int,
     plot_health(out / "metrics.csv", out / "health.png", x="update")
     return {"transitions": transitions, "updates": done, "episodes": len(episodes), "spec": spec,
             "action_dim": action_dim, "last": row}
-
-
-def _action(step: StepRecord) -> np.ndarray | None:
-    for action in (step.action_applied, step.action_sent, step.action_requested):
-        if action is not None:
-            return action
-    return None
 
 
 def _observation(step: StepRecord, frames: list[np.ndarray], k: int, first: bool) -> dict[str, np.ndarray]:

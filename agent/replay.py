@@ -117,8 +117,8 @@ def replay_actions(episode: Episode) -> ReplayReport:
     steps = episode.steps
     if not steps:
         raise ReplayError(f"{episode.path}: no whole step to replay")
-    if any(_action(s) is None for s in steps):
-        missing = next(s.step for s in steps if _action(s) is None)
+    if any(s.action_taken is None for s in steps):
+        missing = next(s.step for s in steps if s.action_taken is None)
         raise ReplayError(f"{episode.path}: step {missing} records no action")
     env, _ = simulated_body(episode)
     try:
@@ -131,21 +131,13 @@ def replay_actions(episode: Episode) -> ReplayReport:
         report = ReplayReport("actions")
         report.steps.append(_difference(steps[0].step, obs, steps[0], body))
         for now, after in zip(steps, steps[1:]):
-            obs, reward, _, _, _ = env.step(_action(now))
+            obs, reward, _, _, _ = env.step(now.action_taken)
             diff = _difference(after.step, obs, after, body)
             diff.reward = None if now.reward is None else abs(float(reward) - now.reward)
             report.steps.append(diff)
         return report
     finally:
         env.close()
-
-
-def _action(step: StepRecord) -> np.ndarray | None:
-    """What the body really got: the applied action, else the sent one, else the requested one."""
-    for action in (step.action_applied, step.action_sent, step.action_requested):
-        if action is not None:
-            return action
-    return None
 
 
 def _observe(env, obs: dict) -> dict:
