@@ -7,7 +7,7 @@
     omniloop episodes ls    the recorded episodes in a folder: length, return, success, control rate
     omniloop episodes info  one episode file in full: metadata, channels and their message counts
     omniloop episodes export  a folder of episodes as a LeRobot v3.0 dataset (parquet, MP4, meta/)
-    omniloop replay         replay an episode: by its states or its actions in simulation, or as a video
+    omniloop replay         replay an episode: by its states or actions in simulation, as a video, in Rerun
     omniloop train          learn offline from recorded episodes; `omniloop sim --init` goes on online
 """
 
@@ -90,12 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           "recorded actions open loop from the recorded start, and report how the "
                                           "simulation drifts from the recording, step by step. video: an MP4 of "
                                           "the camera, the world model's picture of each moment, and surprise, "
-                                          "reward and think time with a moving cursor.")
+                                          "reward and think time with a moving cursor. view: every channel in "
+                                          "the Rerun viewer, on the step and capture-time timelines.")
     replay.add_argument("file", type=Path)
-    replay.add_argument("--mode", required=True, choices=["states", "actions", "video"])
+    replay.add_argument("--mode", required=True, choices=["states", "actions", "video", "view"])
     replay.add_argument("--out", type=Path, metavar="FILE",
                         help="states, actions: a CSV of the per-step differences; video: the MP4 (required)")
     replay.add_argument("--fps", type=float, help="video: frames per second (default: the episode's control rate)")
+    replay.add_argument("--save", type=Path, metavar="FILE.rrd", help="view: save a Rerun recording instead of showing it")
+    replay.add_argument("--viewer", metavar="URL", help="view: a running Rerun viewer's gRPC URL (default: spawn one)")
 
     train = verbs.add_parser("train", help="learn offline from recorded episodes, before any online step",
                              description="Fill the replay memory with recorded episodes and take learner steps on "

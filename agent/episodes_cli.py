@@ -134,6 +134,12 @@ def replay_command(args: argparse.Namespace) -> int:
         episode = read_episode(args.file)
         if args.mode == "video":
             return video(console, episode, args)
+        if args.mode == "view":
+            from agent.replay_view import view_episode
+
+            steps = view_episode(episode, save=args.save, connect=args.viewer)
+            console.print(f"{steps} steps sent to Rerun" + (f": {args.save}" if args.save else ""))
+            return 0
         report = replay_states(episode) if args.mode == "states" else replay_actions(episode)
     except EpisodeError as exc:
         print(f"omniloop replay: error: {exc}", file=sys.stderr)

@@ -124,3 +124,19 @@ def test_the_video_has_a_frame_per_step_with_camera_picture_and_charts(tmp_path:
     assert np.abs(picture - (255 - camera)).mean() < 8
     assert main(["replay", str(path), "--mode", "video"]) == 2  # --out is needed
     assert "--out" in capsys.readouterr().err
+
+
+def test_view_saves_every_channel_for_the_rerun_viewer(tmp_path: Path, capsys) -> None:
+    from rerun.chunk import RrdReader
+
+    path = record_episode(tmp_path)
+    out = tmp_path / "episode.rrd"
+    assert main(["replay", str(path), "--mode", "view", "--save", str(out)]) == 0
+    assert f"{STEPS} steps sent to Rerun" in capsys.readouterr().out
+    rows = {}
+    for line in RrdReader(out).store().summary().splitlines():  # "/camera rows=25 static=False timelines=[...]"
+        entity, count = line.split()[:2]
+        rows[entity] = int(count.removeprefix("rows="))
+    for entity in ("/camera", "/imagined", "/proprio", "/action/applied", "/reward", "/surprise/total", "/plan/think_ms"):
+        assert rows.get(entity) == STEPS, entity
+    assert rows["/episode"] == 1
