@@ -91,14 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
                                           "simulation drifts from the recording, step by step. video: an MP4 of "
                                           "the camera, the world model's picture of each moment, and surprise, "
                                           "reward and think time with a moving cursor. view: every channel in "
-                                          "the Rerun viewer, on the step and capture-time timelines.")
+                                          "the Rerun viewer, on the step and capture-time timelines. robot: "
+                                          "through the bridge, move slowly to the episode's start pose, replay its "
+                                          "actions at the recorded rate with every limit of the server, and go back "
+                                          "to rest (also on Ctrl-C).")
     replay.add_argument("file", type=Path)
-    replay.add_argument("--mode", required=True, choices=["states", "actions", "video", "view"])
+    replay.add_argument("--mode", required=True, choices=["states", "actions", "video", "view", "robot"])
     replay.add_argument("--out", type=Path, metavar="FILE",
                         help="states, actions: a CSV of the per-step differences; video: the MP4 (required)")
     replay.add_argument("--fps", type=float, help="video: frames per second (default: the episode's control rate)")
     replay.add_argument("--save", type=Path, metavar="FILE.rrd", help="view: save a Rerun recording instead of showing it")
     replay.add_argument("--viewer", metavar="URL", help="view: a running Rerun viewer's gRPC URL (default: spawn one)")
+    replay.add_argument("--connect", metavar="ENDPOINT", help="robot: the robot server, e.g. tcp://robot.local:5555")
+    replay.add_argument("--server-key", type=Path, metavar="FILE", help="robot: the server's public key; turns CURVE on")
+    replay.add_argument("--client-key", type=Path, metavar="FILE",
+                        help="robot: this agent's secret key (default: client.key_secret beside --server-key)")
+    replay.add_argument("--ramp-s", type=float, default=3.0, help="robot: seconds to glide to the start pose and back")
+    replay.add_argument("--tolerance", type=float, default=0.05,
+                        help="robot: how close every joint must come to the start pose (rad or m)")
 
     train = verbs.add_parser("train", help="learn offline from recorded episodes, before any online step",
                              description="Fill the replay memory with recorded episodes and take learner steps on "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -134,6 +135,8 @@ def replay_command(args: argparse.Namespace) -> int:
         episode = read_episode(args.file)
         if args.mode == "video":
             return video(console, episode, args)
+        if args.mode == "robot":
+            return robot(console, episode, args)
         if args.mode == "view":
             from agent.replay_view import view_episode
 
@@ -176,6 +179,38 @@ def video(console: Console, episode, args: argparse.Namespace) -> int:
         frames, (height, width) = write_episode_video(episode, args.out, args.fps)
     console.print(f"{args.out}: {frames} frames of {width}x{height}")
     return 0
+
+
+def robot(console: Console, episode, args: argparse.Namespace) -> int:
+    from agent.replay_robot import RobotReplayConfig, replay_on_robot
+    from robot_bridge.client import RemoteRobotEnv, RobotFault
+    from robot_bridge.config import BridgeConfig
+
+    if args.connect is None:
+        print("omniloop replay: error: --mode robot needs --connect ENDPOINT", file=sys.stderr)
+        return 2
+    client_key = args.client_key or (args.server_key.with_name("client.key_secret") if args.server_key else None)
+    bridge = BridgeConfig(connect=args.connect, server_key=None if args.server_key is None else str(args.server_key),
+                          client_key=None if client_key is None else str(client_key))
+    cfg = RobotReplayConfig(ramp_s=args.ramp_s, tolerance=args.tolerance)
+    try:
+        env = RemoteRobotEnv(bridge)
+    except (ConnectionError, ValueError) as exc:
+        print(f"omniloop replay: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        report = replay_on_robot(episode, env, cfg, say=console.print)
+    except (ConnectionError, RobotFault) as exc:
+        print(f"omniloop replay: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        env.close()
+    if report.divergence:
+        console.print(f"{report.steps} of {report.of} steps replayed at {report.rate_hz:.1f} steps/s; joints within "
+                      f"{report.start_error:.3f} of the start pose when it began; from the recording, median "
+                      f"{np.median(report.divergence):.3f}, largest {max(report.divergence):.3f}")
+    console.print(f"back at rest (within {report.rest_error:.3f})")
+    return 130 if report.stopped else 0
 
 
 def write_report(report, path) -> None:

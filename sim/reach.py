@@ -76,6 +76,9 @@ class ReachEnv(gymnasium.Env):
     """The Reach task as a Gymnasium env; see the module docstring for spaces and reward."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": round(1.0 / CONTROL_PERIOD)}
+    # Where the joints are in `proprio`, for whoever must move the arm to a pose (a replay on a robot):
+    # the shoulder and elbow angles, their velocities; the shoulder turns freely; actions are torques.
+    POSE_LAYOUT = {"position": [0, 1], "velocity": [2, 3], "continuous": [True, False], "action": "effort"}
 
     def __init__(
         self,

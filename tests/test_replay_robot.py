@@ -1,0 +1,56 @@
+"""Replay on a robot, through the bridge, against `omniloop robot-server --driver sim` in its own
+process: it moves to the start pose, replays at the recorded rate, goes back to rest, and on Ctrl-C
+stops and goes back to rest all the same."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_replay import STEPS, record_episode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def replay(path: Path, endpoint: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", "replay", str(path), "--mode", "robot", "--connect", endpoint,
+            "--ramp-s", "0.5", *extra]
+
+
+def test_an_episode_replays_on_the_robot_from_its_start_pose_and_the_robot_goes_back_to_rest(server, tmp_path):
+    srv = server("--driver", "sim")
+    path = record_episode(tmp_path, seed=5)
+    done = subprocess.run(replay(path, srv.endpoint), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "moving to the episode's start pose" in out and f"{STEPS} of {STEPS} steps replayed" in out
+    # the simulated arm follows the recorded torques: the joints stay within a hundredth of a radian
+    largest = float(out.split("largest ")[1].split()[0])
+    assert largest < 0.01 and "back at rest" in out
+    commands = [e for e in srv.events("command") if e["refused"] is None]
+    assert len(commands) >= STEPS + 20  # the way there, the replay and the way back, all through the server
+
+
+def test_ctrl_c_stops_the_replay_and_the_robot_goes_back_to_rest(server, tmp_path):
+    srv = server("--driver", "sim")
+    path = record_episode(tmp_path, seed=6)
+    # --ramp-s 2: the way to the start pose is long enough to be interrupted on
+    proc = subprocess.Popen(replay(path, srv.endpoint)[:-2] + ["--ramp-s", "2"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert "moving to" in proc.stdout.readline()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped at step 0" in out and "returning to rest" in out and "back at rest" in out
+
+
+def test_a_robot_that_is_not_the_episodes_body_is_refused(server, tmp_path):
+    srv = server("--driver", "sim")
+    path = record_episode(tmp_path, env_name="dmc:reacher-easy")  # 6 proprio values; the arm has 8
+    done = subprocess.run(replay(path, srv.endpoint), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not the same body" in done.stderr and "Traceback" not in done.stderr
+    assert not srv.events("command")  # nothing was sent
