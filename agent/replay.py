@@ -101,7 +101,9 @@ def replay_states(episode: Episode) -> ReplayReport:
     try:
         body = env.unwrapped
         if not callable(getattr(body, "set_state", None)) or not callable(getattr(body, "observe", None)):
-            raise ReplayError(f"{episode.path}: the body {episode.metadata.get('env')} cannot set a state here")
+            raise ReplayError(f"{episode.path}: its body, {episode.metadata.get('env')}, records its MuJoCo state but "
+                              "cannot restore a scene from it (its task's randomization lives outside the state): "
+                              "replay it with --mode actions")
         env.reset(seed=0)  # renderers and buffers exist before the first state is set
         report = ReplayReport("states")
         for step in states:

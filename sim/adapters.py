@@ -182,6 +182,12 @@ class GymAdapter(gymnasium.Env):
     def close(self) -> None:
         self._env.close()
 
+    def get_state(self) -> dict[str, np.ndarray] | None:
+        """The MuJoCo state (time, qpos, qvel, act) of a MuJoCo task, for the episode file; None for
+        other envs. A task's own randomization that lives in its model is not in it."""
+        data = getattr(self._env.unwrapped, "data", None)
+        return None if data is None or not hasattr(data, "qpos") else mujoco_state(data)
+
     @property
     def control_period(self) -> float | None:
         """Seconds per agent step, where the wrapped env tells its time step (`dt`)."""
@@ -193,6 +199,12 @@ class GymAdapter(gymnasium.Env):
         if self.pixels:
             out["image"] = resize_image(self._env.render(), self.image_size)
         return out
+
+
+def mujoco_state(data) -> dict[str, np.ndarray]:
+    """Copies of an MjData's (or dm_control's wrapper of one) time, qpos, qvel and act."""
+    return {"time": np.array([float(data.time)]), "qpos": np.array(data.qpos, np.float64),
+            "qvel": np.array(data.qvel, np.float64), "act": np.array(data.act, np.float64)}
 
 
 # ------------------------------------------------------------------------- dmc: DOMAIN-TASK
@@ -309,6 +321,11 @@ class DMCAdapter(gymnasium.Env):
         if not self._closed:
             self._env.physics.free()
             self._closed = True
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The MuJoCo state (time, qpos, qvel, act), for the episode file. The task's randomization
+        that lives in its model (reacher's target, say) is not in it, so it cannot restore a scene."""
+        return mujoco_state(self._env.physics.data)
 
     @property
     def control_period(self) -> float:

@@ -80,12 +80,17 @@ def test_actions_replay_follows_the_recording_and_finds_where_changed_actions_le
     assert lines[0] == "step,image,proprio,qpos,reward" and len(lines) == STEPS + 1
 
 
-def test_a_body_without_state_replays_its_actions_from_its_seed_but_not_its_states(tmp_path: Path) -> None:
+def test_a_body_that_cannot_set_its_state_replays_its_actions_from_its_seed_but_not_its_states(tmp_path: Path) -> None:
     path = record_episode(tmp_path, env_name="dmc:reacher-easy")
     report = replay_actions(read_episode(path))
     assert report.first_divergence() is None and report.largest("proprio") == 0
+    episode = read_episode(path)
+    assert episode.steps[3].sim_state["qpos"].shape == (2,)  # reacher's two joints; its target is in the model
+    with pytest.raises(ReplayError, match="cannot restore a scene.*--mode actions"):
+        replay_states(episode)
+    without = dataclasses.replace(episode, steps=[dataclasses.replace(s, sim_state=None) for s in episode.steps])
     with pytest.raises(ReplayError, match="no step holds a simulator state.*--mode actions"):
-        replay_states(read_episode(path))
+        replay_states(without)
 
 
 def test_episodes_that_cannot_be_replayed_say_why(tmp_path: Path, capsys) -> None:
