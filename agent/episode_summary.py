@@ -1,9 +1,10 @@
 """What `omniloop episodes ls` and `omniloop episodes info` say about recorded episodes.
 
-An episode's control rate is measured from the capture times of its observations (steps per second
-between the first and the last) and compared with the body's control rate in the file's metadata
-(`control_hz`). A rate below 90 % of the target is flagged: on a robot it means the agent fell
-behind its body (planning or learning took longer than a control period).
+An episode's control rate is measured from the capture times of its observations (agent steps per
+second between the first and the last, counting the steps the file lacks) and compared with the
+body's control rate in the file's metadata (`control_hz`). On a robot, a rate below 90 % of the
+target is flagged: the agent fell behind its body (planning or learning took longer than a control
+period). A simulation waits for the agent, so its rate is shown and never flagged.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ class EpisodeSummary:
     target_hz: float | None  # the body's control rate; None in files that do not record it
     complete: bool  # False: the writer was killed before the footer
     dropped_steps: int | None  # steps the recorder could not keep up with; None in a torn file
+    failure: str | None  # why the recording stopped early, if it did
+    on_robot: bool  # recorded on a robot (the env in its metadata is robot:...)
     message_counts: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     attachments: dict[str, int] = field(default_factory=dict)  # name -> bytes
 
     @property
     def slow(self) -> bool:
-        """The achieved control rate is below 90 % of the target."""
-        return self.rate_hz is not None and self.target_hz is not None and self.rate_hz < SLOW_FRACTION * self.target_hz
+        """A robot's achieved control rate is below 90 % of its target."""
+        return (self.on_robot and self.rate_hz is not None and self.target_hz is not None
+                and self.rate_hz < SLOW_FRACTION * self.target_hz)
 
 
 def summarize(episode: Episode) -> EpisodeSummary:
@@ -42,22 +46,33 @@ def summarize(episode: Episode) -> EpisodeSummary:
     rewards = [s.reward for s in steps if s.reward is not None]
     duration = (steps[-1].result_time_ns - steps[0].time_ns) / 1e9 if steps else 0.0
     span = (steps[-1].time_ns - steps[0].time_ns) / 1e9 if len(steps) > 1 else 0.0
-    target = episode.metadata.get("control_hz")
-    dropped = (episode.recording or {}).get("dropped_steps")
+    target = _number(episode.metadata.get("control_hz"))
+    recording = episode.recording or {}
+    dropped = recording.get("dropped_steps")
     return EpisodeSummary(
         path=episode.path or Path("?"),
         steps=len(steps),
         episode_return=float(sum(rewards)),
         success=next((s.success for s in reversed(steps) if s.success is not None), None),
         duration_s=duration,
-        rate_hz=(len(steps) - 1) / span if span > 0 else None,
-        target_hz=float(target) if target else None,
+        rate_hz=(steps[-1].step - steps[0].step) / span if span > 0 else None,
+        target_hz=target,
         complete=episode.complete,
-        dropped_steps=None if dropped is None else int(dropped),
+        dropped_steps=None if _number(dropped) is None else int(dropped),
+        failure=recording.get("failure") or None,
+        on_robot=episode.metadata.get("env", "").startswith("robot:"),
         message_counts=dict(episode.message_counts),
         metadata=dict(episode.metadata),
         attachments={name: len(data) for name, data in episode.attachments.items()},
     )
+
+
+def _number(text: str | None) -> float | None:
+    """A number from the file's metadata; None where it is missing or not a number."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def episode_files(folder: Path) -> list[Path]:

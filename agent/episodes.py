@@ -5,12 +5,16 @@ Layout of a file (`runs/<name>/episodes/episode_000123.mcap`):
 - header, then every schema and channel, the attachments (MJCF, resolved config) and the metadata
   record `omniloop.episode` (run, seed, env, code_version, episode), all flushed before step 0;
 - per step, one JSON message on each channel that has data, all with the MCAP `sequence` set to the
-  step index. `log_time` is the real time of what the message holds: the observation's capture
+  step index. Indices count the agent's steps; a gap marks steps that are not in the file (dropped
+  by a recorder that fell behind, or held by a robot on a stale observation), so no transition
+  may be taken across it. After the last step comes the episode's final observation, the one its
+  last action led to: a record whose `/reward` says `"final": true` and that has no action. `log_time` is the real time of what the message holds: the observation's capture
   (camera, proprio, audio, instruction, simulator state), the action's sending (action, plan), and
   the step's result coming back (surprise, reward). `/reward` is always written, and written last:
   it closes the step, so a reader knows that a step is whole;
-- at the end, the metadata record `omniloop.recording` (steps written, steps dropped) from the
-  recorder (`agent/recorder.py`), then the summary and footer.
+- at the end, the metadata record `omniloop.recording` (steps written, steps dropped, and why the
+  recording stopped early, if it did) from the recorder (`agent/recorder.py`), then the summary and
+  footer.
 
 Messages are not chunked: every record goes straight to the file, which is flushed every
 `flush_every` steps. A process killed mid-episode leaves a file without footer whose steps are whole
@@ -54,7 +58,7 @@ from agent.plain_json import json_default
 FORMAT = "omniloop.episode/1"  # the MCAP header's `library` field
 METADATA_NAME = "omniloop.episode"
 REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")  # optional: objective, control_hz
-RECORDING_METADATA = "omniloop.recording"  # written at the end: steps, dropped_steps
+RECORDING_METADATA = "omniloop.recording"  # written at the end: steps, dropped_steps, failure
 OBSERVATION_KEYS = ("image", "proprio", "audio", "instruction")
 
 TOPIC_IMAGE = "/camera/image"
@@ -117,6 +121,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
             "type": "object",
             "properties": {
                 "reward": {"type": ["number", "null"]},
+                "final": {"type": "boolean"},
                 "terminated": {"type": "boolean"},
                 "truncated": {"type": "boolean"},
                 "success": {"type": ["boolean", "null"]},
@@ -194,6 +199,7 @@ class StepRecord:
     imagined: np.ndarray | None = None  # (H, W, 3) uint8: the world model's picture of this observation
     action_time_ns: int | None = None  # when the action was sent; None: time_ns
     result_time_ns: int | None = None  # when the step's result (reward, next observation) came back; None: time_ns
+    final: bool = False  # the episode's final observation, after its last action: no action, no reward
 
     @property
     def action_taken(self) -> np.ndarray | None:
@@ -212,10 +218,28 @@ class Episode:
     attachments: dict[str, bytes]
     steps: list[StepRecord]
     complete: bool = True  # False when the file ends before its footer (the writer was killed)
+    final: StepRecord | None = None  # the observation the last action led to; None in a torn file
     audio_sample_rate: int | None = None  # from the first /audio message; None without audio
     path: Path | None = None
     recording: dict[str, str] | None = None  # the recorder's closing counts; None in a torn file
     message_counts: dict[str, int] = field(default_factory=dict)  # topic -> messages in the file
+
+
+def stretches(episode: Episode) -> list[tuple[list[StepRecord], StepRecord]]:
+    """The episode's stretches of consecutive steps with actions, each with the observation that
+    follows its last action: the next step's, or the episode's final observation. A stretch whose
+    last action has no recorded outcome (a gap, or a torn file) ends one step early."""
+    steps = [s for s in episode.steps if s.action_taken is not None]
+    if episode.final is not None:
+        steps.append(episode.final)
+    out, stretch = [], []
+    for step, after in zip(steps, steps[1:] + [None]):
+        stretch.append(step)
+        if after is None or after.step != step.step + 1:  # a gap, or the end
+            if len(stretch) > 1:
+                out.append((stretch[:-1], stretch[-1]))
+            stretch = []
+    return out
 
 
 def episode_path(run_dir: str | Path, index: int) -> Path:
@@ -245,6 +269,7 @@ class EpisodeWriter:
         self.flush_every = flush_every
         self.steps_written = 0
         self._last_step: int | None = None
+        self._final_written = False
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # "wb": a resumed run records a crashed episode's index again and replaces the torn file.
@@ -284,8 +309,14 @@ class EpisodeWriter:
             raise ValueError(f"{self.path}: step index {record.step} is outside [0, 2**32)")
         if self._last_step is not None and record.step <= self._last_step:
             raise ValueError(f"{self.path}: step {record.step} comes after step {self._last_step}; steps must increase")
-        times = {"observation": record.time_ns, "action": record.action_time_ns or record.time_ns,
-                 "result": record.result_time_ns or record.time_ns}
+        if self._final_written:
+            raise ValueError(f"{self.path}: step {record.step} comes after the episode's final observation")
+        if record.final and any(a is not None for a in (record.action_requested, record.action_sent,
+                                                         record.action_applied)):
+            raise ValueError(f"{self.path}: step {record.step}: the final observation takes no action")
+        times = {"observation": record.time_ns,
+                 "action": record.time_ns if record.action_time_ns is None else record.action_time_ns,
+                 "result": record.time_ns if record.result_time_ns is None else record.result_time_ns}
         if min(times.values()) < 0:
             raise ValueError(f"{self.path}: step {record.step} has a negative time: {times}")
         # Encode the whole step before writing any of it: a refused step leaves no stray messages.
@@ -297,6 +328,7 @@ class EpisodeWriter:
             t = times[TOPIC_TIME[topic]]
             self._writer.add_message(self._channels[topic], log_time=t, data=data, publish_time=t, sequence=record.step)
         self._last_step = record.step
+        self._final_written = record.final
         self.steps_written += 1
         if self.steps_written % self.flush_every == 0:
             self._file.flush()
@@ -383,6 +415,7 @@ def _step_payloads(record: StepRecord, sample_rate: int, path: Path) -> list[tup
             TOPIC_REWARD,
             {
                 "reward": None if record.reward is None else float(record.reward),
+                **({"final": True} if record.final else {}),
                 "terminated": bool(record.terminated),
                 "truncated": bool(record.truncated),
                 "success": None if record.success is None else bool(record.success),
@@ -475,6 +508,8 @@ class _Assembler:
     data_ended: bool = False
     recording: dict[str, str] | None = None
     message_counts: dict[str, int] = field(default_factory=dict)
+    final: StepRecord | None = None
+    unclosed_step: int | None = None  # a step the writer began but never closed
 
     @property
     def last_good(self) -> str:
@@ -494,8 +529,9 @@ class _Assembler:
         elif isinstance(record, Message):
             self._add_message(record)
         elif isinstance(record, DataEnd):
-            if self.open_step is not None:
-                raise _Corrupt(f"step {self.open_step} was never closed by a {TOPIC_REWARD} message")
+            if self.open_step is not None:  # the writer failed inside a step and closed the file: keep the rest
+                self.unclosed_step = self.open_step
+                self.open_step, self.parts = None, {}
             self.data_ended = True
 
     def _add_message(self, message: Message) -> None:
@@ -524,8 +560,14 @@ class _Assembler:
             raise _Corrupt(f"the {topic} message of step {step} is not JSON ({exc})") from None
         self.times[topic] = message.log_time
         if topic == TOPIC_REWARD:
+            if self.final is not None:
+                raise _Corrupt(f"step {step} follows the episode's final observation")
             try:
-                self.steps.append(self._step_record(step))
+                record = self._step_record(step)
+                if record.final:
+                    self.final = record
+                else:
+                    self.steps.append(record)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise _Corrupt(f"step {step} holds a malformed message: {exc!r}") from None
             self.open_step, self.parts = None, {}
@@ -567,6 +609,7 @@ class _Assembler:
             imagined=imagined,
             action_time_ns=times.get(TOPIC_ACTION, times.get(TOPIC_PLAN)),
             result_time_ns=times[TOPIC_REWARD],
+            final=bool(reward.get("final", False)),
         )
 
 
@@ -623,9 +666,10 @@ def read_episode(path: str | Path) -> Episode:
         metadata=assembler.metadata,
         attachments=assembler.attachments,
         steps=assembler.steps,
-        complete=complete,
+        complete=complete and assembler.unclosed_step is None,  # a step the writer never closed is torn
+        final=assembler.final,
         audio_sample_rate=assembler.audio_sample_rate,
         path=path,
         recording=assembler.recording,
-        message_counts=assembler.message_counts,
+        message_counts={t: assembler.message_counts.get(t, 0) for t in assembler.topics.values()},
     )

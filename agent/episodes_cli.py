@@ -10,7 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agent.episode_summary import EpisodeSummary, summarize, summarize_folder
+from agent.episode_summary import SLOW_FRACTION, EpisodeSummary, summarize, summarize_folder
 from agent.episodes import EpisodeError, read_episode
 
 
@@ -83,7 +83,10 @@ def show_episode(console: Console, path) -> int:
     facts.add_row("success", _yes_no(s.success))
     facts.add_row("duration", f"{s.duration_s:.2f} s")
     facts.add_row("control rate", f"{_rate(s)} Hz achieved, {_number(s.target_hz)} Hz target"
-                  + (f" [red](below {90} % of the target)[/red]" if s.slow else ""))
+                  + (f" [red](below {SLOW_FRACTION:.0%} of the target)[/red]" if s.slow else "")
+                  + ("" if s.on_robot else " (simulated: the body waits for the agent)"))
+    if s.failure:
+        facts.add_row("recording", f"[red]stopped early: {s.failure}[/red]")
     if s.dropped_steps is not None:
         facts.add_row("dropped steps", str(s.dropped_steps))
     else:  # the recorder writes its counts last: a torn file, or one from before the recorder, has none
@@ -121,13 +124,15 @@ def _note(s: EpisodeSummary) -> str:
         notes.append("torn")
     if s.dropped_steps:
         notes.append(f"{s.dropped_steps} steps dropped")
+    if s.failure:
+        notes.append("recording stopped early")
     if s.slow:
-        notes.append("below 90 % of the control rate")
+        notes.append(f"below {SLOW_FRACTION:.0%} of the control rate")
     return ", ".join(notes)
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    """`omniloop replay FILE --mode states|actions [--out CSV]`."""
+    """`omniloop replay FILE --mode states|actions|video|view|robot` (see `omniloop replay --help`)."""
     from agent.replay import replay_actions, replay_states
 
     console = wide_console()
@@ -147,6 +152,10 @@ def replay_command(args: argparse.Namespace) -> int:
     except EpisodeError as exc:
         print(f"omniloop replay: error: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # a body, a codec or a disk that refused
+        print(f"omniloop replay: error: {args.file}: {args.mode} replay failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
     if args.out is not None:
         write_report(report, args.out)
     table = Table(title=f"{args.file}: {args.mode} replay, {len(report.steps)} steps")
@@ -166,6 +175,9 @@ def replay_command(args: argparse.Namespace) -> int:
         return 0 if exact else 1
     console.print("the replay follows the recording to the end" if first is None else
                   f"the replay leaves the recording at step {first} (difference above 1e-5)")
+    if report.stopped_at is not None:
+        console.print(f"[yellow]the file lacks the steps before step {report.stopped_at} and the body cannot be set "
+                      "to where it picks up again: the replay ends there[/yellow]")
     return 0
 
 
@@ -209,7 +221,10 @@ def robot(console: Console, episode, args: argparse.Namespace) -> int:
         console.print(f"{report.steps} of {report.of} steps replayed at {report.rate_hz:.1f} steps/s; joints within "
                       f"{report.start_error:.3f} of the start pose when it began; from the recording, median "
                       f"{np.median(report.divergence):.3f}, largest {max(report.divergence):.3f}")
-    console.print(f"back at rest (within {report.rest_error:.3f})")
+    if report.rest_error <= cfg.tolerance:
+        console.print(f"back at rest (within {report.rest_error:.3f})")
+    else:
+        console.print(f"[yellow]not back at rest: a joint is {report.rest_error:.3f} away[/yellow]")
     return 130 if report.stopped else 0
 
 

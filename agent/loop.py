@@ -167,6 +167,8 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             applied = info.get("action_applied")
             if applied is None:
                 applied = np.clip(step.action, env.action_space.low, env.action_space.high)
+            # what the model expected to see, pictured with the decoder that expected it (before learning)
+            next_picture = brain.imagine_frame(step.expected_latent) if imagine else None
             # update: surprise -> priority, replanning, thinking budget, learner steps
             o_next = brain.prepare(next_obs)
             z_next = brain.encode(o_next)
@@ -181,17 +183,16 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             if learned:
                 z_next = brain.encode(o_next)  # the encoder moved: plan next from the fresh latent
 
-            # record
+            # record (a hold leaves a gap in the file's step indices: no transition crosses it)
             trace = step.trace.scalars() if step.trace else {}
             if recorder is not None:
                 recorder.record(StepRecord(
-                    step=t, time_ns=captured, observation=recorded(obs), action_requested=step.action,
+                    step=t + stale_holds, time_ns=captured, observation=recorded(obs), action_requested=step.action,
                     action_sent=sent, action_applied=applied, reward=float(reward),
                     terminated=bool(terminated), truncated=bool(truncated), success=info.get("success"),
                     surprise=s, plan=trace or None, sim_state=state, imagined=picture, action_time_ns=acted,
                     result_time_ns=returned))
-            if imagine:
-                picture = brain.imagine_frame(step.expected_latent)  # of o_{t+1}, as the model expected it
+            picture = next_picture
             if keep_frames:
                 real.append(sim.newest_frame(o_next["image"]))
                 imagined.append(picture)
@@ -205,6 +206,11 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             t += 1
             progress.step(counters.env_step, s["total"], trace.get("think_ms"))
             obs, o, z, captured = next_obs, o_next, z_next, capture_time(info, returned)
+        if recorder is not None and t > 0:  # the observation the last action led to closes the file's episode
+            recorder.record(StepRecord(
+                step=t + stale_holds, time_ns=captured, observation=recorded(obs), action_requested=None,
+                action_sent=None, action_applied=None, reward=None, sim_state=sim_state(env), imagined=picture,
+                final=True))
     finally:
         if recorder is not None:
             recorder.close()
@@ -216,8 +222,9 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
            "steps_per_s": t / max(elapsed, 1e-9), "wall_s": time.time() - counters.started,
            "updates": brain.learner.updates, "skipped_updates": brain.learner.skipped,
            "restored_weights": brain.learner.restored}
-    if recorder is not None:  # steps the episode file lacks because its writer fell behind
+    if recorder is not None:  # steps the episode file lacks: its writer fell behind, or a write failed
         row["record_dropped_steps"] = recorder.dropped
+        row["record_failed"] = int(recorder.failure is not None)
     if "stale" in info:  # only a remote body can be late
         row["stale_holds"] = stale_holds
     if success is not None:  # only tasks that report success get the column
@@ -232,8 +239,11 @@ def open_recorder(env, cfg: Config, run_dir: Path, episode: int, seed: int, body
     if callable(model_xml):
         attachments["model.xml"] = model_xml().encode()
     meta = {"run": run_dir.name, "seed": str(seed), "env": body_name, "episode": str(episode),
-            "code_version": code_version(), "objective": objective_name(cfg, body_name),
-            "control_hz": f"{1.0 / sim.control_period(env):.6g}"}
+            "code_version": code_version(), "objective": objective_name(cfg, body_name)}
+    try:
+        meta["control_hz"] = f"{1.0 / sim.control_period(env):.6g}"
+    except ValueError:  # a body that does not say its rate: its episodes say nothing of it either
+        pass
     return EpisodeRecorder(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments,
                            flush_every=cfg.run.record_flush_every, queue_steps=cfg.run.record_queue_steps)
 

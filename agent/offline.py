@@ -20,7 +20,7 @@ import numpy as np
 
 from agent.brain import Brain
 from agent.config import Config, save_config
-from agent.episodes import Episode, EpisodeError, StepRecord, read_episode
+from agent.episodes import Episode, EpisodeError, StepRecord, read_episode, stretches
 from agent.replay import episode_config
 
 LOG_EVERY = 50  # learner steps per row of metrics.csv
@@ -58,26 +58,24 @@ def observation_spec(episodes: list[Episode], frame_stack: int) -> dict[str, tup
 
 
 def fill_memory(brain: Brain, episodes: list[Episode], frame_stack: int) -> int:
-    """Add every episode to the brain's memory; returns the transitions added."""
+    """Add every episode to the brain's memory, one stretch of consecutive steps at a time (a gap in
+    the step indices is steps the file lacks, and no transition crosses it); returns the
+    transitions added."""
     added = 0
     for episode in episodes:
-        steps = [s for s in episode.steps if s.action_taken is not None]
-        if len(steps) < 2:
-            continue
-        frames: list[np.ndarray] = []
-        for i, step in enumerate(steps):
-            obs = _observation(step, frames, frame_stack, first=i == 0)
-            _check_shapes(episode, step, obs, brain)
-            last = i == len(steps) - 1
-            if last:  # no observation follows the last action: the episode ends at this one
-                brain.memory.add(brain.prepare(obs))
-            else:
+        for stretch, after in stretches(episode):
+            frames: list[np.ndarray] = []
+            for i, step in enumerate(stretch):
+                obs = _observation(step, frames, frame_stack, first=i == 0)
+                _check_shapes(episode, step, obs, brain)
                 surprise = (step.surprise or {}).get("total")
-                brain.memory.add(brain.prepare(obs), step.action_taken, float(step.reward or 0.0),
-                                 step.terminated, surprise)
+                brain.memory.add(brain.prepare(obs), step.action_taken, float(step.reward or 0.0), step.terminated,
+                                 surprise)
                 added += 1
+            # the observation that the stretch's last action led to closes it (its frames stacked on)
+            brain.memory.add(brain.prepare(_observation(after, frames, frame_stack, first=False)))
     if not added:
-        raise EpisodeError("no episode holds a step with an action and a step after it")
+        raise EpisodeError("no episode holds a step with an action and the observation after it")
     return added
 
 

@@ -9,8 +9,10 @@ up), the step is dropped and counted rather than the loop stalled; the count is 
 of the file (metadata `omniloop.recording`) and reported by `omniloop episodes info`.
 
 The writer flushes the file every `flush_every` steps (`run.record_flush_every`): after a `kill -9`,
-every step up to the last flush reads back. A write that fails (a NaN that JSON cannot carry, a full
-disk) stops the recording of that episode, and the error is raised by the next `record` or `close`.
+every step up to the last flush reads back (the steps still queued are lost with the process). A
+write that fails (a value JSON cannot carry, a full disk) stops the recording of that episode: the
+file keeps every step before it, the error is logged and kept in `failure`, and the loop goes on,
+since a robot must not stop for its recorder.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ class EpisodeRecorder:
         self.recorded = 0  # steps handed over
         self.dropped = 0  # steps refused because the queue was full
         self._error: BaseException | None = None
-        self._reported = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"recorder:{self.path.name}", daemon=True)
         self._thread.start()
@@ -54,9 +55,16 @@ class EpisodeRecorder:
         """Steps the writer thread has written so far (flushed every `flush_every`)."""
         return self._writer.steps_written
 
+    @property
+    def failure(self) -> str | None:
+        """Why the recording stopped, if a write failed."""
+        return None if self._error is None else f"{self.path}: recording stopped: {self._error}"
+
     def record(self, step: StepRecord) -> bool:
-        """Queue a step for writing; False (and counted) if the queue is full. Never blocks."""
-        self._raise_failure()
+        """Queue a step for writing; False if the queue is full (the step is counted as dropped) or
+        the recording stopped on a failed write. Never blocks, never raises for the writer's sake."""
+        if self._error is not None:
+            return False
         if self._closed:
             raise RuntimeError(f"{self.path}: the recorder is closed; step {step.step} was not recorded")
         try:
@@ -70,12 +78,11 @@ class EpisodeRecorder:
         return True
 
     def close(self) -> None:
-        """Write every queued step, the recording's counts and the footer; raise a write's error."""
+        """Write every queued step, the recording's counts and the footer; a failure is in `failure`."""
         if not self._closed:
             self._closed = True
             self._queue.put(_CLOSE)  # blocks only while the queue is full, which the thread is draining
             self._thread.join()
-        self._raise_failure()
 
     def __enter__(self) -> EpisodeRecorder:
         return self
@@ -89,25 +96,22 @@ class EpisodeRecorder:
                 continue  # the episode's file stops at the failed step; the rest is drained, not written
             try:
                 self._writer.write(item)
-            except BaseException as exc:  # raised on the loop's thread by its next call
+            except Exception as exc:  # the loop goes on; the file ends at the step before
                 self._error = exc
+                log.error("%s", self.failure)
         try:
-            if self._error is None:
-                self._writer.add_metadata(RECORDING_METADATA, {"steps": str(self._writer.steps_written),
-                                                               "dropped_steps": str(self.dropped)})
-        except BaseException as exc:
+            self._writer.add_metadata(RECORDING_METADATA, {"steps": str(self._writer.steps_written),
+                                                           "dropped_steps": str(self.dropped),
+                                                           "failure": "" if self._error is None else str(self._error)})
+        except Exception as exc:
             self._error = exc
+            log.error("%s", self.failure)
         finally:
             try:
                 self._writer.close()
-            except BaseException as exc:
+            except Exception as exc:
                 self._error = self._error or exc
-
-    def _raise_failure(self) -> None:
-        """Raise a failure of the writer thread, once."""
-        if self._error is not None and not self._reported:
-            self._reported = True
-            raise RuntimeError(f"{self.path}: recording stopped: {self._error}") from self._error
+                log.error("%s", self.failure)
 
 
 def _owned(step: StepRecord) -> StepRecord:

@@ -23,7 +23,7 @@ import yaml
 
 import sim
 from agent.config import Config, ConfigError, from_dict, parse_override, set_dotted
-from agent.episodes import Episode, EpisodeError, StepRecord
+from agent.episodes import Episode, EpisodeError, StepRecord, stretches
 
 EXACT = 0.0  # the states replay's tolerance: it must reproduce the recording bit for bit
 
@@ -45,6 +45,7 @@ class StepDifference:
 class ReplayReport:
     mode: str
     steps: list[StepDifference] = field(default_factory=list)
+    stopped_at: int | None = None  # actions replay: the step after a gap the body could not be set to
 
     def largest(self, name: str) -> float | None:
         values = [getattr(s, name) for s in self.steps if getattr(s, name) is not None]
@@ -115,28 +116,33 @@ def replay_states(episode: Episode) -> ReplayReport:
 
 
 def replay_actions(episode: Episode) -> ReplayReport:
-    """Apply the recorded actions open loop from the episode's start; compare each step's outcome."""
-    steps = episode.steps
-    if not steps:
-        raise ReplayError(f"{episode.path}: no whole step to replay")
-    if any(s.action_taken is None for s in steps):
-        missing = next(s.step for s in steps if s.action_taken is None)
-        raise ReplayError(f"{episode.path}: step {missing} records no action")
+    """Apply the recorded actions open loop from the episode's start; compare each step's outcome
+    (the last action's with the episode's final observation). Where the file has a gap (steps it
+    lacks), the replay starts again from the recorded state after it, if the body can set one, and
+    stops there otherwise: the actions in between are unknown."""
+    found = stretches(episode)
+    if not found:
+        raise ReplayError(f"{episode.path}: no step with an action and a recorded outcome to replay")
     env, _ = simulated_body(episode)
     try:
         obs, _ = env.reset(seed=int(episode.metadata["seed"]))
         body = env.unwrapped
-        start = steps[0].sim_state
-        if start is not None and callable(getattr(body, "set_state", None)):
-            body.set_state(start)  # exactly where the recording started, solver warm start included
-            obs = _observe(env, obs)
+        can_set = callable(getattr(body, "set_state", None))
         report = ReplayReport("actions")
-        report.steps.append(_difference(steps[0].step, obs, steps[0], body))
-        for now, after in zip(steps, steps[1:]):
-            obs, reward, _, _, _ = env.step(now.action_taken)
-            diff = _difference(after.step, obs, after, body)
-            diff.reward = None if now.reward is None else abs(float(reward) - now.reward)
-            report.steps.append(diff)
+        for k, (stretch, after) in enumerate(found):
+            start = stretch[0].sim_state
+            if start is not None and can_set:
+                body.set_state(start)  # exactly where the recording (re)starts, solver warm start included
+                obs = _observe(env, obs)
+            elif k:
+                report.stopped_at = stretch[0].step  # the body cannot be put where the file picks up again
+                break
+            report.steps.append(_difference(stretch[0].step, obs, stretch[0], body))
+            for now, outcome in zip(stretch, [*stretch[1:], after]):
+                obs, reward, _, _, _ = env.step(now.action_taken)
+                diff = _difference(outcome.step, obs, outcome, body)
+                diff.reward = None if now.reward is None else abs(float(reward) - now.reward)
+                report.steps.append(diff)
         return report
     finally:
         env.close()

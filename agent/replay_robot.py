@@ -2,8 +2,10 @@
 
     1. where the robot is now becomes its rest pose;
     2. it moves slowly to the episode's start pose (`ramp_s`), and must get there (`tolerance`);
-    3. the recorded actions are sent at the recorded rate: each one for as many control periods as
-       the recording held it. The server applies every limit, as for any command;
+    3. the recorded actions are sent at the recorded rate: one control period each for an episode
+       recorded in simulation (its time is simulated time), and on a robot for as long as the
+       recording held each one, holding where the recorded robot held. The server applies every
+       limit, as for any command;
     4. at the end, or on Ctrl-C, it moves slowly back to rest, and the session ends.
 
 Moving to a pose needs to know where the joints are in `proprio`: the robot's spec says so in
@@ -111,11 +113,16 @@ def replay_on_robot(episode: Episode, env, cfg: RobotReplayConfig,
                                    f"away after {cfg.ramp_s + cfg.settle_s:g} s (tolerance {cfg.tolerance:g})")
         say(f"replaying {len(steps)} steps")
         began = time.monotonic()
+        on_robot = episode.metadata.get("env", "").startswith("robot:")
         for i, step in enumerate(steps):
             report.divergence.append(float(np.abs(pose.error(pose.joints(step.observation["proprio"]),
                                                              pose.joints(obs["proprio"]))).max()))
-            for _ in range(_periods(steps, i, period)):
-                obs, *_ = env.step(step.action_taken)
+            obs, *_ = env.step(step.action_taken)
+            for _ in range(_periods(steps, i, period) - 1 if on_robot else 0):
+                if _gap_after(steps, i):  # the recorded robot held here (a stale observation): so does this one
+                    obs, _ = env.reset(options={"hold": True})
+                else:
+                    obs, *_ = env.step(step.action_taken)
             report.steps = i + 1
         report.rate_hz = report.steps / max(time.monotonic() - began, 1e-9)
     except KeyboardInterrupt:
@@ -145,12 +152,15 @@ def _check_fits(episode: Episode, steps, spec) -> None:
 
 
 def _periods(steps, i: int, period: float) -> int:
-    """How many control periods recorded step i held its action: the gap to the next step's action."""
+    """How many control periods of a robot's recording step i lasted: the time to the next step's
+    action. (A simulation's step is one period of simulated time, however long the loop took.)"""
     if i + 1 >= len(steps):
         return 1
-    now = steps[i].action_time_ns or steps[i].time_ns
-    after = steps[i + 1].action_time_ns or steps[i + 1].time_ns
-    return max(1, round((after - now) / 1e9 / period))
+    return max(1, round((steps[i + 1].action_time_ns - steps[i].action_time_ns) / 1e9 / period))
+
+
+def _gap_after(steps, i: int) -> bool:
+    return i + 1 < len(steps) and steps[i + 1].step != steps[i].step + 1
 
 
 def _move_to(env, pose: Pose, obs: dict, target: np.ndarray, cfg: RobotReplayConfig) -> tuple[dict, float]:

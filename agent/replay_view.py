@@ -1,4 +1,4 @@
-"""An episode in the Rerun viewer: `omniloop replay FILE --mode view [--save FILE.rrd | --connect URL]`.
+"""An episode in the Rerun viewer: `omniloop replay FILE --mode view [--save FILE.rrd | --viewer URL]`.
 
 Every step is logged on two timelines, `step` and `capture_time` (the observation's real capture
 time), so the viewer can scrub by either:
@@ -8,7 +8,7 @@ time), so the viewer can scrub by either:
     instruction                    text, when the task has one
     episode                        the file's metadata, once
 
-Without --save or --connect, a viewer is spawned (`rerun` must be able to open a window).
+Without --save or --viewer, a viewer is spawned (`rerun` must be able to open a window).
 """
 
 from __future__ import annotations

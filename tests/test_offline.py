@@ -32,7 +32,7 @@ def test_train_learns_from_episodes_and_sim_init_goes_on_online(tmp_path: Path, 
     run = recorded_run(tmp_path)
     out = tmp_path / "offline"
     assert main(["train", "--episodes", str(run), "--updates", "60", "--out", str(out), "--no-progress", *SMALL]) == 0
-    assert "60 learner steps on 48 transitions of 2 episodes" in capsys.readouterr().out  # 24 per episode
+    assert "60 learner steps on 50 transitions of 2 episodes" in capsys.readouterr().out  # 25 per episode
     rows = read_metrics(out / "metrics.csv")
     assert [r["update"] for r in rows] == [50, 60] and all(np.isfinite(r["train_loss"]) for r in rows)
     assert (out / "checkpoint.safetensors").is_file() and (out / "health.png").stat().st_size > 0
@@ -69,11 +69,13 @@ def test_recorded_frames_are_stacked_again_as_the_env_stacked_them(tmp_path: Pat
     cfg = Config()
     cfg.env.frame_stack, cfg.memory.capacity = 3, 100
     brain = Brain(cfg, spec, action_dim=2)
-    assert fill_memory(brain, episodes, frame_stack=3) == 48
+    assert fill_memory(brain, episodes, frame_stack=3) == 50
     frames = [s.observation["image"] for s in read_episode(run / "episodes" / "episode_000000.mcap").steps]
-    start = 25  # the second file's first step (files are read in name order: 000000 before 000007)
+    start = 26  # the second file's first step: 25 steps and the final observation before it
     np.testing.assert_array_equal(brain.memory.obs["image"][0], np.concatenate([frames[0]] * 3, axis=-1))
     np.testing.assert_array_equal(brain.memory.obs["image"][2], np.concatenate(frames[:3], axis=-1))
     assert brain.memory.has_action[start - 1] == 0 and brain.memory.has_action[start - 2] == 1
+    final = read_episode(run / "episodes" / "episode_000000.mcap").final
+    np.testing.assert_array_equal(brain.memory.obs["proprio"][start - 1], final.observation["proprio"])
     with pytest.raises(EpisodeError, match="no episode files"):
         read_episodes(tmp_path / "empty")

@@ -28,7 +28,7 @@ def test_steps_recorded_from_the_thread_read_back_whole_with_the_counts(tmp_path
     assert episode.complete and len(episode.steps) == 12
     for got, want in zip(episode.steps, [make_record(i) for i in range(12)]):
         assert_same_step(got, want)
-    assert episode.recording == {"steps": "12", "dropped_steps": "0"}
+    assert episode.recording == {"steps": "12", "dropped_steps": "0", "failure": ""}
     assert episode.message_counts["/reward"] == 12 and episode.message_counts["/camera/image"] == 12
     assert episode.message_counts["/instruction"] == 6  # every other step has one
 
@@ -55,23 +55,29 @@ def test_a_full_queue_drops_and_counts_steps_and_never_blocks(tmp_path: Path, mo
     recorder.close()
     episode = read_episode(tmp_path / "slow.mcap")
     assert [s.step for s in episode.steps] == [0, 1, 2, 3]
-    assert episode.recording == {"steps": "4", "dropped_steps": "6"}
+    assert episode.recording == {"steps": "4", "dropped_steps": "6", "failure": ""}
 
 
-def test_a_write_error_reaches_the_loop_and_the_steps_before_it_stay(tmp_path: Path) -> None:
+def test_a_write_error_stops_the_recording_not_the_loop_and_the_steps_before_it_stay(tmp_path: Path) -> None:
     path = tmp_path / "nan.mcap"
     recorder = EpisodeRecorder(path, METADATA)
-    recorder.record(make_record(0))
+    assert recorder.record(make_record(0))
     bad = make_record(1)
     bad.reward = float("nan")  # JSON cannot carry it: the writer refuses the step
-    recorder.record(bad)
-    with pytest.raises(RuntimeError, match=r"nan\.mcap.*step 1: /reward holds NaN"):
-        for i in range(2, 200):  # the error surfaces at a later call, once the thread met it
-            recorder.record(make_record(i))
-            time.sleep(0.01)
-    recorder.close()  # the error was reported once; closing finishes the file
+    assert recorder.record(bad)  # queued: the writer has not seen it yet
+    deadline = time.monotonic() + 10
+    step = 2
+    while recorder.failure is None and time.monotonic() < deadline:  # the loop goes on meanwhile
+        recorder.record(make_record(step))
+        step += 1
+        time.sleep(0.01)
+    assert recorder.failure is not None and "nan.mcap" in recorder.failure
+    assert "step 1: /reward holds NaN" in recorder.failure
+    assert not recorder.record(make_record(step))  # once the writer met the NaN, record() says no
+    recorder.close()  # and closing never raises for the writer's sake
     episode = read_episode(path)
-    assert [s.step for s in episode.steps] == [0] and episode.complete and episode.recording is None
+    assert [s.step for s in episode.steps] == [0] and episode.complete
+    assert episode.recording["failure"].endswith("/reward holds NaN or infinity, which JSON cannot carry")
 
 
 def test_a_killed_recorder_leaves_every_flushed_step(tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ from agent.replay import ReplayError, replay_actions, replay_states
 STEPS = 25
 
 
-def record_episode(folder: Path, env_name: str = "reach", push: float = 0.0, seed: int = 3) -> Path:
-    """An episode recorded as the loop records one (config attached, state before each action), with
-    seeded random actions; `push` changes the recorded actions after the fact, as a bug would."""
+def record_episode(folder: Path, env_name: str = "reach", push: float = 0.0, seed: int = 3,
+                   skip: tuple[int, ...] = ()) -> Path:
+    """An episode recorded as the loop records one (config attached, state before each action, the
+    final observation last), with seeded random actions; `push` changes the recorded actions after
+    the fact, as a bug would; the steps in `skip` are left out of the file, as a recorder that fell
+    behind leaves them."""
     cfg = Config()
     cfg.env.name = env_name
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,12 +42,19 @@ def record_episode(folder: Path, env_name: str = "reach", push: float = 0.0, see
             action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
             observation = {k: sim.newest_frame(v) if k == "image" else v for k, v in obs.items()}
+            obs = next_obs
+            if t in skip:
+                continue
             recorder.record(StepRecord(step=t, time_ns=time.time_ns(), observation=observation,
                                        action_requested=action, action_sent=action,
                                        action_applied=action + np.float32(push) * (t >= 10), reward=float(reward),
                                        sim_state=state, surprise={"total": 0.1 * t}, plan={"think_ms": 5.0},
                                        imagined=255 - observation["image"] if "image" in observation else None))
-            obs = next_obs
+        get = getattr(env.unwrapped, "get_state", None)
+        final = {k: sim.newest_frame(v) if k == "image" else v for k, v in obs.items()}
+        recorder.record(StepRecord(step=STEPS, time_ns=time.time_ns(), observation=final, action_requested=None,
+                                   action_sent=None, action_applied=None, reward=None,
+                                   sim_state=get() if callable(get) else None, final=True))
     env.close()
     return path
 
@@ -66,7 +76,8 @@ def test_states_replay_is_exact_and_a_changed_frame_is_found(tmp_path: Path, cap
 
 def test_actions_replay_follows_the_recording_and_finds_where_changed_actions_leave_it(tmp_path: Path, capsys) -> None:
     exact = replay_actions(read_episode(record_episode(tmp_path / "a")))
-    assert len(exact.steps) == STEPS and exact.first_divergence() is None
+    # the start, then each action's outcome: the next step's observation, the last one's the final observation
+    assert [s.step for s in exact.steps] == list(range(STEPS + 1)) and exact.first_divergence() is None
     assert exact.largest("qpos") == 0 and exact.largest("reward") == 0
 
     pushed = record_episode(tmp_path / "b", push=0.5)  # from step 10 on, the file holds other actions
@@ -77,7 +88,7 @@ def test_actions_replay_follows_the_recording_and_finds_where_changed_actions_le
     assert main(["replay", str(pushed), "--mode", "actions", "--out", str(out)]) == 0
     assert "leaves the recording at step 11" in capsys.readouterr().out
     lines = out.read_text().splitlines()
-    assert lines[0] == "step,image,proprio,qpos,reward" and len(lines) == STEPS + 1
+    assert lines[0] == "step,image,proprio,qpos,reward" and len(lines) == STEPS + 2
 
 
 def test_a_body_that_cannot_set_its_state_replays_its_actions_from_its_seed_but_not_its_states(tmp_path: Path) -> None:
@@ -145,3 +156,16 @@ def test_view_saves_every_channel_for_the_rerun_viewer(tmp_path: Path, capsys) -
     for entity in ("/camera", "/imagined", "/proprio", "/action/applied", "/reward", "/surprise/total", "/plan/think_ms"):
         assert rows.get(entity) == STEPS, entity
     assert rows["/episode"] == 1
+
+
+def test_no_transition_is_taken_across_a_gap_in_the_file(tmp_path: Path) -> None:
+    from agent.episodes import stretches
+
+    episode = read_episode(record_episode(tmp_path, skip=(10,)))
+    found = stretches(episode)
+    # steps 0-9, then 11-24 and the final observation: step 9's action has no recorded outcome
+    assert [([s.step for s in body], after.step) for body, after in found] == [(list(range(9)), 9),
+                                                                                (list(range(11, STEPS)), STEPS)]
+    report = replay_actions(episode)  # the reach arm can be set to where the file picks up again
+    assert [s.step for s in report.steps] == list(range(10)) + list(range(11, STEPS + 1))
+    assert report.first_divergence() is None and report.stopped_at is None

@@ -43,6 +43,19 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     assert ep.steps[5].sim_state["qpos"].shape == (3,)  # the MuJoCo state, for exact replay
     assert ep.steps[5].action_applied.shape == (2,)
     assert "model.xml" in ep.attachments and "config.yaml" in ep.attachments
+    # what the loop records: per step the state o_t was seen in and the model's picture of o_t; the
+    # observation the last action led to closes the file; the metadata and the recorder's counts
+    assert [s.step for s in ep.steps] == list(range(20)) and ep.final is not None and ep.final.step == 20
+    assert all(s.imagined is not None and s.imagined.shape == (64, 64, 3) for s in ep.steps + [ep.final])
+    assert all(s.time_ns <= s.action_time_ns <= s.result_time_ns for s in ep.steps)
+    assert ep.metadata["control_hz"] == "20" and ep.metadata["objective"] == "env: the reward of reach"
+    assert ep.recording == {"steps": "21", "dropped_steps": "0", "failure": ""}
+    from agent.replay import replay_actions, replay_states
+
+    assert replay_states(ep).first_divergence() is None  # the recorded states render the recorded frames
+    actions = replay_actions(ep)
+    assert actions.first_divergence() is None and len(actions.steps) == 21
+    assert {"record_dropped_steps", "record_failed"} <= set(rows[-1]) and rows[-1]["record_failed"] == 0
     video = iio.imread(run_dir / "last_episode.mp4")
     assert video.shape[0] == 21  # the first frame and one per step
     assert video.shape[2] > 2 * video.shape[1] * 0.9  # two panels side by side
