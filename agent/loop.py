@@ -225,6 +225,7 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
     if recorder is not None:  # steps the episode file lacks: its writer fell behind, or a write failed
         row["record_dropped_steps"] = recorder.dropped
         row["record_failed"] = int(recorder.failure is not None)
+        row["record_writer_ms"] = 1000.0 * recorder.writer_cpu_s / max(recorder.written, 1)  # CPU per step
     if "stale" in info:  # only a remote body can be late
         row["stale_holds"] = stale_holds
     if success is not None:  # only tasks that report success get the column

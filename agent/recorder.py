@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class EpisodeRecorder:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_steps)
         self.recorded = 0  # steps handed over
         self.dropped = 0  # steps refused because the queue was full
+        self.writer_cpu_s = 0.0  # CPU time the writer thread spent encoding and writing steps
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"recorder:{self.path.name}", daemon=True)
@@ -95,7 +97,9 @@ class EpisodeRecorder:
             if self._error is not None:
                 continue  # the episode's file stops at the failed step; the rest is drained, not written
             try:
+                started = time.thread_time()
                 self._writer.write(item)
+                self.writer_cpu_s += time.thread_time() - started
             except Exception as exc:  # the loop goes on; the file ends at the step before
                 self._error = exc
                 log.error("%s", self.failure)

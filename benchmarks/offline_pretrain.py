@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=140)
     source = args.episodes
     if source is None:
         console.print(f"source run: {args.source_steps} env steps, seed {args.seed + 1}")

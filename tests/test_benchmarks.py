@@ -98,6 +98,7 @@ def test_recording_benchmark_measures_the_loop_with_recording_on_and_off(tmp_pat
     (row,) = rows(tmp_path / "recording.csv")
     # numbers are measured, not asserted: only that each was taken
     assert float(row["record_call_us"]) > 0 and float(row["step_off_ms"]) > 0 and float(row["step_on_ms"]) > 0
+    assert float(row["writer_cpu_ms"]) > 0
     assert len(list((tmp_path / "loop-on" / "episodes").glob("*.mcap"))) == 3
     assert not (tmp_path / "loop-off" / "episodes").exists()
 
