@@ -41,7 +41,13 @@ def test_train_learns_from_episodes_and_sim_init_goes_on_online(tmp_path: Path, 
     assert main(["sim", "--init", str(out / "checkpoint.safetensors"), "--steps", "20", "--out", str(online),
                  "--no-progress", "run.seed_steps=0", "env.episode_length=10", *SMALL]) == 0
     first = read_metrics(online / "metrics.csv")[0]
-    assert first["updates"] > 60  # the learner went on from the offline brain, with its memory: no seed phase
+    assert first["updates"] > 60  # the learner went on from the offline brain: no seed phase
+    from agent.checkpoint import load_checkpoint
+
+    _, offline_meta = load_checkpoint(out / "checkpoint.safetensors")
+    _, online_meta = load_checkpoint(online / "checkpoint.safetensors")
+    assert offline_meta["memory"]["size"] == 52  # 2 files of 25 steps and their final observations
+    assert online_meta["memory"]["size"] == 52 + 22  # and the memory went on: 2 online episodes of 10 steps
 
 
 def test_a_brain_that_does_not_fit_is_refused_and_leaves_no_run(tmp_path: Path, capsys) -> None:
