@@ -233,6 +233,8 @@ class RemoteRobotEnv(gymnasium.Env):
         # [-1, 1] <-> [low, high]; a dimension whose limits coincide maps to its one value
         self._middle = ((low + high) / 2).astype(np.float32)
         self._half_span = np.where(high > low, (high - low) / 2, 1.0).astype(np.float32)
+        # a robot whose limits are [-1, 1] already: no arithmetic on the way out or back (it is per step)
+        self._maps = cfg.normalize_actions and not (np.all(self._middle == 0) and np.all(self._half_span == 1))
         if cfg.normalize_actions:
             self.action_space = spaces.Box(-1.0, 1.0, low.shape, np.float32)
         else:
@@ -385,11 +387,11 @@ class RemoteRobotEnv(gymnasium.Env):
 
     def _to_robot(self, action: np.ndarray) -> np.ndarray:
         """An action in the agent's units -> the robot's (the identity without normalize_actions)."""
-        return action * self._half_span + self._middle if self.cfg.normalize_actions else action
+        return action * self._half_span + self._middle if self._maps else action
 
     def _from_robot(self, action: np.ndarray) -> np.ndarray:
         """A robot's action (a read-only view of a frame) -> the agent's units, as a new array."""
-        return (action - self._middle) / self._half_span if self.cfg.normalize_actions else action.copy()
+        return (action - self._middle) / self._half_span if self._maps else action.copy()
 
     def _observation(self, msg: p.Message) -> dict[str, np.ndarray]:
         return {k: np.array(msg.arrays[k]) for k in self.spec_.observation}
