@@ -2,9 +2,10 @@
 
 An episode's control rate is measured from the capture times of its observations (agent steps per
 second between the first and the last, counting the steps the file lacks) and compared with the
-body's control rate in the file's metadata (`control_hz`). On a robot, a rate below 90 % of the
-target is flagged: the agent fell behind its body (planning or learning took longer than a control
-period). A simulation waits for the agent, so its rate is shown and never flagged.
+body's control rate in the file's metadata (`control_hz`). A rate below 90 % of the target is
+flagged. On a robot that is a fault: the agent fell behind its body (planning or learning took
+longer than a control period). A simulation waits for the agent, so there it only says that the
+episode ran slower than real time.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ class EpisodeSummary:
 
     @property
     def slow(self) -> bool:
-        """A robot's achieved control rate is below 90 % of its target."""
-        return (self.on_robot and self.rate_hz is not None and self.target_hz is not None
-                and self.rate_hz < SLOW_FRACTION * self.target_hz)
+        """The achieved control rate is below 90 % of the target."""
+        return self.rate_hz is not None and self.target_hz is not None and self.rate_hz < SLOW_FRACTION * self.target_hz
 
 
 def summarize(episode: Episode) -> EpisodeSummary:

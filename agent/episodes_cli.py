@@ -115,7 +115,8 @@ def _number(value: float | None) -> str:
 
 def _rate(s: EpisodeSummary) -> str:
     text = _number(s.rate_hz)
-    return f"[red]{text}[/red]" if s.slow else text
+    colour = "red" if s.on_robot else "yellow"  # a robot that fell behind is a fault; a slow simulation is not
+    return f"[{colour}]{text}[/{colour}]" if s.slow else text
 
 
 def _note(s: EpisodeSummary) -> str:
@@ -127,7 +128,8 @@ def _note(s: EpisodeSummary) -> str:
     if s.failure:
         notes.append("recording stopped early")
     if s.slow:
-        notes.append(f"below {SLOW_FRACTION:.0%} of the control rate")
+        notes.append(f"below {SLOW_FRACTION:.0%} of the control rate"
+                     + ("" if s.on_robot else " (simulated: slower than real time)"))
     return ", ".join(notes)
 
 
