@@ -12,11 +12,13 @@ with a 64x64x3 image.
 1. Round trip, observation plus command: the server runs in lockstep (it ticks as soon as a command
    arrives); one step = command out, the robot applies it, reads, and sends the observation that
    shows it applied. The baseline is a ROUTER/DEALER ping-pong of the same bytes with no protocol at
-   all: the command message out, the observation message back. Between the two, the same ping-pong
-   with the protocol's encoding and decoding on both sides ("codec only") shows the floor under any
-   bridge that speaks this protocol from Python, before a single check. The three are measured in
-   turns (`--rounds` slices each, in a rotating order), so that a slow spell of the machine weighs
-   on all three alike.
+   all, through pyzmq's `send_multipart`/`recv_multipart`: the command message out, the observation
+   message back. The targets are ratios to it. "Lean raw" is the same ping-pong through the socket
+   calls the bridge itself makes (`protocol.send`/`receive`, a few microseconds cheaper): the bridge's
+   ratio to it is what the protocol and safety cost alone. "Codec only" adds the protocol's encoding
+   and decoding on both sides: the floor under any bridge that speaks this protocol from Python,
+   before a single check. All four are measured in turns (`--rounds` slices each, in a rotating
+   order), so that a slow spell of the machine weighs on all of them alike.
 2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
    as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
    at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
@@ -39,6 +41,11 @@ from robot_bridge.spec import Feature, RobotSpec
 
 STATE_LADDER = (250, 500, 1000, 2000, 4000)
 IMAGE_LADDER = (50, 100, 200, 500, 1000, 2000)
+# In lockstep a command starts the tick, whatever the clock. Between its slices of the round-trip
+# measurement the server's own clock still ticks, and at 100 Hz it would wake a core 2000 times a second
+# (the naps of a tick's last 2 ms), which shifts the other ping-pongs' round trips on a 2-core VM. At
+# 1 Hz it is as quiet as they are.
+LOCKSTEP_CLOCK_HZ = 1.0
 
 
 class MemoryDriver(Driver):
@@ -94,9 +101,10 @@ def serve_bridge(endpoint: mp.Queue, control_hz: float, image: bool, lockstep: b
     server.serve()  # until the parent terminates this process
 
 
-def serve_raw(endpoint: mp.Queue, image: bool, codec: bool) -> None:
-    """The baseline robot: it answers each message with an observation's bytes. With `codec`, it
-    decodes the command and encodes a fresh observation, as the bridge does, and nothing else."""
+def serve_raw(endpoint: mp.Queue, image: bool, mode: str) -> None:
+    """The baseline robot: it answers each message with an observation's bytes, through pyzmq's
+    multipart calls (`pyzmq`) or the bridge's own socket calls (`lean`). With `codec`, it also decodes
+    the command and encodes a fresh observation, as the bridge does, and nothing else."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.ROUTER)
@@ -105,11 +113,14 @@ def serve_raw(endpoint: mp.Queue, image: bool, codec: bool) -> None:
     reply, _ = observation_frames(image)
     arrays = observation_arrays(image)
     while True:
-        peer, *frames = sock.recv_multipart()
-        if codec:
+        if mode == "pyzmq":
+            sock.send_multipart(sock.recv_multipart()[:1] + reply)
+            continue
+        peer, *frames = p.receive(sock)
+        if mode == "codec":
             command = p.decode(frames)
             reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq), arrays, command.session))
-        sock.send_multipart([peer, *reply])
+        p.send(sock, [peer, *reply])
 
 
 def observation_arrays(image: bool) -> dict[str, np.ndarray]:
@@ -141,15 +152,17 @@ def start(target, *args) -> tuple[mp.Process, str]:
 
 
 class RawPeer:
-    """The baseline's agent side: bytes out, bytes back; with `codec`, both sides also encode and
-    decode the protocol's messages (the floor under any bridge that speaks it from Python)."""
+    """The baseline's agent side: bytes out, bytes back, through pyzmq's multipart calls (`pyzmq`, the
+    raw round trip of the targets) or the bridge's socket calls (`lean`); with `codec`, both sides
+    also encode and decode the protocol's messages (the floor under any bridge that speaks it from
+    Python)."""
 
-    def __init__(self, image: bool, codec: bool) -> None:
+    def __init__(self, image: bool, mode: str) -> None:
         import zmq
 
-        self.codec = codec
+        self.mode = mode
         _, self.frames = observation_frames(image)
-        self.proc, endpoint = start(serve_raw, image, codec)
+        self.proc, endpoint = start(serve_raw, image, mode)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -159,13 +172,16 @@ class RawPeer:
         out = []
         end = time.perf_counter() + seconds
         while (t0 := time.perf_counter()) < end:
-            if self.codec:
-                self.command.seq += 1
-                self.sock.send_multipart(p.encode(self.command))
-                p.decode(self.sock.recv_multipart())
-            else:
+            if self.mode == "pyzmq":
                 self.sock.send_multipart(self.frames)
                 self.sock.recv_multipart()
+            elif self.mode == "lean":
+                p.send(self.sock, self.frames)
+                p.receive(self.sock)
+            else:
+                self.command.seq += 1
+                p.send(self.sock, p.encode(self.command))
+                p.decode(p.receive(self.sock))
             out.append(time.perf_counter() - t0)
         return out
 
@@ -207,18 +223,18 @@ class BridgePeer:
 
 
 def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[dict[str, np.ndarray], float]:
-    """Round trips of the raw ping-pong, the codec-only ping-pong and the bridge in lockstep, measured
+    """Round trips of the raw ping-pongs, the codec-only ping-pong and the bridge in lockstep, measured
     in alternation (`rounds` slices each, in a rotating order), so that a slow spell of the machine
-    weighs on all three alike; and the bridge's lockstep steps/s."""
-    peers = {"raw": RawPeer(image, codec=False), "codec": RawPeer(image, codec=True),
-             "bridge": BridgePeer(image, 100.0, lockstep=True, log=log)}
+    weighs on all of them alike; and the bridge's lockstep steps/s."""
+    peers = {"raw": RawPeer(image, "pyzmq"), "lean": RawPeer(image, "lean"), "codec": RawPeer(image, "codec"),
+             "bridge": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log)}
     samples: dict[str, list[float]] = {name: [] for name in peers}
     try:
         for peer in peers.values():  # warm-up
             peer.round_trips(0.2)
         names = list(peers)
         for r in range(rounds):
-            for name in names[r % 3:] + names[:r % 3]:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 samples[name].extend(peers[name].round_trips(seconds / rounds))
     finally:
         for peer in peers.values():
@@ -249,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=140)
+    console = Console(width=170)
     rows, samples = [], {}
     log = args.out / "server.jsonl"  # only its cost matters here: removed at the end
     for image in (False, True):
         name = "state + 64x64 image" if image else "state"
-        with console.status(f"{name}: raw ping-pong, codec-only ping-pong and bridge, in turns"):
+        with console.status(f"{name}: raw ping-pongs, codec-only ping-pong and bridge, in turns"):
             trips, lock_rate = round_trips(image, 3 * args.seconds, args.rounds, log)
-        raw, codec, bridge = trips["raw"], trips["codec"], trips["bridge"]
+        raw, lean, codec, bridge = trips["raw"], trips["lean"], trips["codec"], trips["bridge"]
         samples[name] = (raw, bridge)
         sustained = 0
         for hz in IMAGE_LADDER if image else STATE_LADDER:
@@ -266,21 +282,23 @@ def main(argv: list[str] | None = None) -> int:
             if share >= 0.99 and rate >= 0.98 * hz:
                 sustained = hz
         row = {"payload": name, "raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
-               "codec_p50_us": 1e6 * np.median(codec),
+               "lean_p50_us": 1e6 * np.median(lean), "codec_p50_us": 1e6 * np.median(codec),
                "bridge_p50_us": 1e6 * np.median(bridge), "bridge_p99_us": 1e6 * np.percentile(bridge, 99),
                "lockstep_hz": lock_rate, "sustained_hz": sustained}
         row["p50_ratio"] = row["bridge_p50_us"] / row["raw_p50_us"]
         row["p99_ratio"] = row["bridge_p99_us"] / row["raw_p99_us"]
         row["codec_p50_ratio"] = row["codec_p50_us"] / row["raw_p50_us"]
+        row["p50_ratio_lean"] = row["bridge_p50_us"] / row["lean_p50_us"]
         rows.append(row)
 
     table = Table(title="bridge against a raw pyzmq ping-pong of the same bytes (loopback)")
-    for col in ("payload", "raw p50 us", "codec only p50 us", "ratio", "bridge p50 us", "ratio", "raw p99 us",
-                "bridge p99 us", "ratio", "lockstep steps/s", "sustained Hz"):
+    for col in ("payload", "raw p50 us", "lean raw p50 us", "codec only p50 us", "ratio", "bridge p50 us", "ratio",
+                "vs lean", "raw p99 us", "bridge p99 us", "ratio", "lockstep steps/s", "sustained Hz"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['codec_p50_us']:.0f}", f"{r['codec_p50_ratio']:.2f}x",
-                      f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
+        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['lean_p50_us']:.0f}", f"{r['codec_p50_us']:.0f}",
+                      f"{r['codec_p50_ratio']:.2f}x", f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
+                      f"{r['p50_ratio_lean']:.2f}x",
                       f"{r['raw_p99_us']:.0f}", f"{r['bridge_p99_us']:.0f}", f"{r['p99_ratio']:.2f}x",
                       f"{r['lockstep_hz']:.0f}", f"{r['sustained_hz']}")
     console.print(table)
