@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.episodes import Episode, EpisodeError, read_episode
+from agent.episodes import Episode, EpisodeError, episode_files, read_episode
 
 SLOW_FRACTION = 0.9  # an achieved rate below this share of the target is flagged
 
@@ -73,13 +73,6 @@ def _number(text: str | None) -> float | None:
         return None if text is None else float(text)
     except ValueError:
         return None
-
-
-def episode_files(folder: Path) -> list[Path]:
-    """The episode files in `folder`: a run folder (its episodes/), an episodes folder, or any tree."""
-    if not folder.is_dir():
-        raise EpisodeError(f"{folder}: not a folder")
-    return sorted(folder.rglob("*.mcap"))
 
 
 def summarize_folder(folder: Path) -> list[EpisodeSummary | EpisodeError]:

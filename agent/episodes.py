@@ -247,6 +247,18 @@ def episode_path(run_dir: str | Path, index: int) -> Path:
     return Path(run_dir) / "episodes" / f"episode_{index:06d}.mcap"
 
 
+def episode_files(folder: str | Path) -> list[Path]:
+    """Every episode file under `folder`, sorted by path: a run folder (its episodes/), an episodes
+    folder, or a tree of runs. Raises EpisodeError for a folder that is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EpisodeError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    paths = sorted(folder.rglob("*.mcap"))
+    if not paths:
+        raise EpisodeError(f"{folder}: no episode files (*.mcap)")
+    return paths
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 

@@ -36,8 +36,6 @@ def episodes_command(args: argparse.Namespace) -> int:
 def list_episodes(console: Console, folder) -> int:
     """One line per episode file; an unreadable one says why, and the listing goes on (exit 1)."""
     summaries = summarize_folder(folder)
-    if not summaries:
-        raise EpisodeError(f"{folder}: no episode files (*.mcap) here")
     table = Table(title=str(folder))
     for column in ("file", "steps", "return", "success", "duration s", "rate Hz", "target Hz", "note"):
         table.add_column(column, justify="left" if column in ("file", "note") else "right", no_wrap=column == "file")
@@ -60,8 +58,6 @@ def export(console: Console, args: argparse.Namespace) -> int:
     from agent.export_lerobot import export_lerobot
 
     folder = args.dir
-    if folder.is_dir() and not any(folder.glob("*.mcap")) and (folder / "episodes").is_dir():
-        folder = folder / "episodes"  # a run folder: its episodes
     with console.status(f"exporting {folder}"):
         summary = export_lerobot(folder, args.out, args.task, fps=args.fps)
     console.print(f"{summary['out']}: LeRobot v3.0, {summary['episodes']} episodes, {summary['frames']} frames "

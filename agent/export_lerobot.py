@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.episodes import Episode, StepRecord, read_episode
+from agent.episodes import Episode, StepRecord, episode_files, read_episode
 
 CODEBASE_VERSION = "v3.0"
 # LeRobot's defaults for a new dataset (lerobot/datasets/utils.py); recorded in info.json as they are.
@@ -124,7 +124,8 @@ class _Columns:
 def export_lerobot(
     episodes_dir: Path, out: Path, task: str | None = None, *, fps: int | None = None
 ) -> dict[str, Any]:
-    """Write every `*.mcap` episode of `episodes_dir` (sorted by name) as a LeRobot v3.0 dataset at `out`.
+    """Write every `*.mcap` episode under `episodes_dir` (a run folder, its episodes/, or a tree of
+    runs; sorted by path) as a LeRobot v3.0 dataset at `out`.
 
     `task` names the task of steps without an instruction (default: the episode's env name); `fps`
     overrides the frame rate, which is otherwise the metadata's `control_hz` or, without it, the median
@@ -133,13 +134,14 @@ def export_lerobot(
     recorder dropped leave no frame: the frames around them become neighbours, one 1/fps apart, and
     "step_gaps" counts the dropped steps of each such file.
 
-    Raises ValueError, naming the offending file or folder, when there are no episodes, when `out`
-    exists and is not an empty folder, when episodes disagree on fps or on feature shapes, when a
-    feature is on some steps of an episode only, and when an image has an odd height or width.
-    Unreadable episode files raise `agent.episodes.EpisodeError`, which names the file.
+    Raises ValueError, naming the offending file or folder, when `out` exists and is not an empty
+    folder, when episodes disagree on fps or on feature shapes, when a feature is on some steps of an
+    episode only, and when an image has an odd height or width.
+    A missing folder, one without episodes, and unreadable episode files raise
+    `agent.episodes.EpisodeError`, which names the folder or the file.
     """
     episodes_dir, out = Path(episodes_dir), Path(out)
-    paths = _episode_files(episodes_dir)
+    paths = episode_files(episodes_dir)
     _check_out(out)
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0):
         raise ValueError(f"fps must be a positive integer, got {fps!r}")
@@ -158,15 +160,6 @@ def export_lerobot(
         raise
     summary["out"] = str(out)
     return summary
-
-
-def _episode_files(episodes_dir: Path) -> list[Path]:
-    if not episodes_dir.is_dir():
-        raise ValueError(f"{episodes_dir}: not a folder of episodes")
-    paths = sorted(episodes_dir.glob("*.mcap"))
-    if not paths:
-        raise ValueError(f"{episodes_dir}: no *.mcap episodes to export")
-    return paths
 
 
 def _check_out(out: Path) -> None:

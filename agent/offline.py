@@ -20,7 +20,7 @@ import numpy as np
 
 from agent.brain import Brain
 from agent.config import Config, save_config
-from agent.episodes import Episode, EpisodeError, StepRecord, read_episode, stretches
+from agent.episodes import Episode, EpisodeError, StepRecord, episode_files, read_episode, stretches
 from agent.replay import episode_config
 
 LOG_EVERY = 50  # learner steps per row of metrics.csv
@@ -28,10 +28,7 @@ LOG_EVERY = 50  # learner steps per row of metrics.csv
 
 def read_episodes(folder: Path) -> list[Episode]:
     """Every episode file under `folder` (a run folder or its episodes/), read and checked."""
-    paths = sorted(Path(folder).rglob("*.mcap"))
-    if not paths:
-        raise EpisodeError(f"{folder}: no episode files (*.mcap) to learn from")
-    episodes = [read_episode(p) for p in paths]
+    episodes = [read_episode(p) for p in episode_files(folder)]
     if not any(len(e.steps) > 1 for e in episodes):
         raise EpisodeError(f"{folder}: no episode holds two whole steps; nothing to learn from")
     return episodes

@@ -77,7 +77,7 @@ def test_bad_files_are_named_and_the_listing_goes_on(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "episode_000001.mcap" in err and "not an MCAP file" in err and "Traceback" not in err
     assert main(["episodes", "ls", str(tmp_path / "nowhere")]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    assert "nowhere: no such folder" in capsys.readouterr().err
 
 
 def test_export_writes_a_lerobot_dataset_from_a_run_folder(tmp_path: Path, capsys) -> None:

@@ -218,7 +218,7 @@ def test_fps_from_control_hz_and_the_callers_override(tmp_path: Path) -> None:
 
 def test_refuses_a_folder_without_episodes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty: no \\*.mcap episodes"):
+    with pytest.raises(EpisodeError, match="empty: no episode files"):
         export_lerobot(tmp_path / "empty", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -61,7 +61,10 @@ def test_a_brain_that_does_not_fit_is_refused_and_leaves_no_run(tmp_path: Path, 
     err = capsys.readouterr().err
     assert "does not fit this config and body" in err and "size mismatch" in err and not online.exists()
     assert main(["train", "--episodes", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
-    assert "no episode files" in capsys.readouterr().err
+    assert "nothing: no such folder" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert main(["train", "--episodes", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "nothing: no episode files" in capsys.readouterr().err
 
 
 def test_recorded_frames_are_stacked_again_as_the_env_stacked_them(tmp_path: Path) -> None:
@@ -83,5 +86,5 @@ def test_recorded_frames_are_stacked_again_as_the_env_stacked_them(tmp_path: Pat
     assert brain.memory.has_action[start - 1] == 0 and brain.memory.has_action[start - 2] == 1
     final = read_episode(run / "episodes" / "episode_000000.mcap").final
     np.testing.assert_array_equal(brain.memory.obs["proprio"][start - 1], final.observation["proprio"])
-    with pytest.raises(EpisodeError, match="no episode files"):
+    with pytest.raises(EpisodeError, match="empty: no such folder"):
         read_episodes(tmp_path / "empty")
