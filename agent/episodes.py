@@ -60,6 +60,8 @@ METADATA_NAME = "omniloop.episode"
 REQUIRED_METADATA = ("run", "seed", "env", "code_version", "episode")  # optional: objective, control_hz
 RECORDING_METADATA = "omniloop.recording"  # written at the end: steps, dropped_steps, failure
 OBSERVATION_KEYS = ("image", "proprio", "audio", "instruction")
+# a step's actions, from the one nearest the body: what it applied, what was sent, what the agent asked
+ACTION_SOURCES = ("applied", "sent", "requested")
 
 TOPIC_IMAGE = "/camera/image"
 TOPIC_IMAGINED = "/imagined/image"
@@ -202,12 +204,19 @@ class StepRecord:
     final: bool = False  # the episode's final observation, after its last action: no action, no reward
 
     @property
+    def action_source(self) -> str | None:
+        """Which of the step's actions is the one the body really got, as far as the file knows: the
+        first of ACTION_SOURCES that it holds; None for a step without an action."""
+        for source in ACTION_SOURCES:
+            if getattr(self, f"action_{source}") is not None:
+                return source
+        return None
+
+    @property
     def action_taken(self) -> np.ndarray | None:
         """What the body really got: the applied action, else the sent one, else the requested one."""
-        for action in (self.action_applied, self.action_sent, self.action_requested):
-            if action is not None:
-                return action
-        return None
+        source = self.action_source
+        return None if source is None else getattr(self, f"action_{source}")
 
 
 @dataclass

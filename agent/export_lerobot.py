@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.episodes import Episode, StepRecord, episode_files, read_episode
+from agent.episodes import ACTION_SOURCES, Episode, StepRecord, episode_files, read_episode
 
 CODEBASE_VERSION = "v3.0"
 # LeRobot's defaults for a new dataset (lerobot/datasets/utils.py); recorded in info.json as they are.
@@ -79,8 +79,6 @@ VIDEO_CODEC_NAME = "h264"  # what a decoder reports for VIDEO_CODEC, as LeRobot'
 PIXEL_FORMAT = "yuv420p"  # what browsers and LeRobot's decoders play; needs even heights and widths
 GOP = 2  # a keyframe every 2 frames, as LeRobot encodes: training reads frames in random order
 CRF = 18  # near-lossless: small camera images lose detail fast at x264's default 23
-
-ACTION_SOURCES = ("applied", "sent", "requested")
 
 
 @dataclass
@@ -339,17 +337,11 @@ def _check_images(images: np.ndarray, path: Path) -> None:
 
 def _actions(steps: Sequence[StepRecord]) -> tuple[list[np.ndarray | None], dict[str, int]]:
     """The action that reached the body: applied, else sent, else requested; and how often each was used."""
-    actions: list[np.ndarray | None] = []
     sources = dict.fromkeys(ACTION_SOURCES, 0)
     for step in steps:
-        for source, action in zip(ACTION_SOURCES, (step.action_applied, step.action_sent, step.action_requested)):
-            if action is not None:
-                actions.append(action)
-                sources[source] += 1
-                break
-        else:
-            actions.append(None)
-    return actions, sources
+        if step.action_source is not None:
+            sources[step.action_source] += 1
+    return [step.action_taken for step in steps], sources
 
 
 def _episode_fps(episode: Episode, path: Path, override: int | None) -> tuple[int, str]:

@@ -125,6 +125,18 @@ def test_missing_fields_stay_missing(tmp_path: Path) -> None:
     # read back, the result's time is explicit: the step's one time
     assert got == StepRecord(step=3, time_ns=5, observation={}, action_requested=None, action_sent=None,
                              action_applied=None, reward=None, result_time_ns=5)
+    assert got.action_source is None and got.action_taken is None
+
+
+def test_the_action_taken_is_the_one_nearest_the_body() -> None:
+    asked, sent, applied = (np.full(2, v, np.float32) for v in (0.9, 0.8, 0.5))
+    step = StepRecord(step=0, time_ns=0, observation={}, action_requested=asked, action_sent=sent,
+                      action_applied=applied, reward=None)
+    assert step.action_source == "applied" and step.action_taken is applied
+    step.action_applied = None
+    assert step.action_source == "sent" and step.action_taken is sent
+    step.action_sent = None
+    assert step.action_source == "requested" and step.action_taken is asked
 
 
 def test_standard_reader_sees_a_foxglove_image(tmp_path: Path) -> None:
