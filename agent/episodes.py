@@ -263,6 +263,8 @@ def episode_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise EpisodeError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     paths = sorted(folder.rglob("*.mcap"))
+    # hidden files and folders hold no episodes of ours: an export's staging folder, macOS's ._ files
+    paths = [p for p in paths if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     if not paths:
         raise EpisodeError(f"{folder}: no episode files (*.mcap)")
     return paths

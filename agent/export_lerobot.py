@@ -86,6 +86,7 @@ class _Columns:
     """One episode's steps as arrays, one per feature; a feature the episode lacks is None."""
 
     path: Path
+    source: str  # the file's path under the exported folder: in a tree of runs, names repeat
     fps: int
     fps_source: str  # where fps came from, for error messages
     env: str
@@ -149,7 +150,7 @@ def export_lerobot(
     staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.partial"
     staging.mkdir()
     try:
-        summary = _write_dataset(paths, staging, task, fps)
+        summary = _write_dataset(paths, episodes_dir, staging, task, fps)
         if out.exists():
             out.rmdir()  # checked empty above
         staging.rename(out)
@@ -168,17 +169,19 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"{out}: exists and is not a folder")
 
 
-def _write_dataset(paths: list[Path], root: Path, task: str | None, fps_override: int | None) -> dict[str, Any]:
-    """Read, check and write every episode into `root`; returns the summary."""
+def _write_dataset(paths: list[Path], base: Path, root: Path, task: str | None,
+                   fps_override: int | None) -> dict[str, Any]:
+    """Read, check and write every episode (found under `base`) into `root`; returns the summary."""
     writer: _DatasetWriter | None = None
     skipped: list[str] = []
     try:
         for path in paths:
             episode = read_episode(path)
+            source = path.relative_to(base).as_posix()
             if not episode.steps:
-                skipped.append(path.name)  # a file torn before its first whole step holds nothing to train on
+                skipped.append(source)  # a file torn before its first whole step holds nothing to train on
                 continue
-            columns = _episode_columns(episode, path, task, fps_override)
+            columns = _episode_columns(episode, path, source, task, fps_override)
             if writer is None:
                 writer = _DatasetWriter(root, columns)
             _check_agrees(columns, writer.first)
@@ -187,7 +190,7 @@ def _write_dataset(paths: list[Path], root: Path, task: str | None, fps_override
         if writer is not None:
             writer.close()
     if writer is None:
-        raise ValueError(f"{paths[0].parent}: no episode holds a whole step; nothing to export")
+        raise ValueError(f"{base}: no episode holds a whole step; nothing to export")
     summary = writer.write_meta()
     summary["skipped_empty"] = skipped
     summary["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -235,9 +238,9 @@ class _DatasetWriter:
         for source, count in columns.action_sources.items():
             self.sources[source] += count
         if not columns.complete:
-            self.torn.append(columns.path.name)
+            self.torn.append(columns.source)
         if columns.missing_steps:
-            self.gaps[columns.path.name] = columns.missing_steps
+            self.gaps[columns.source] = columns.missing_steps
 
     def close(self) -> None:
         self.data.close()
@@ -270,7 +273,7 @@ class _DatasetWriter:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _episode_columns(episode: Episode, path: Path, task: str | None, fps_override: int | None) -> _Columns:
+def _episode_columns(episode: Episode, path: Path, source: str, task: str | None, fps_override: int | None) -> _Columns:
     """An episode's whole steps as per-feature arrays, checked for shape and for features on some steps only."""
     steps = episode.steps
     images = _stack(path, steps, "image", [s.observation.get("image") for s in steps], np.uint8)
@@ -285,6 +288,7 @@ def _episode_columns(episode: Episode, path: Path, task: str | None, fps_overrid
     fps, fps_source = _episode_fps(episode, path, fps_override)
     return _Columns(
         path=path,
+        source=source,
         fps=fps,
         fps_source=fps_source,
         env=env,
@@ -339,8 +343,8 @@ def _actions(steps: Sequence[StepRecord]) -> tuple[list[np.ndarray | None], dict
     """The action that reached the body: applied, else sent, else requested; and how often each was used."""
     sources = dict.fromkeys(ACTION_SOURCES, 0)
     for step in steps:
-        if step.action_source is not None:
-            sources[step.action_source] += 1
+        if (source := step.action_source) is not None:
+            sources[source] += 1
     return [step.action_taken for step in steps], sources
 
 
@@ -561,7 +565,7 @@ def _episode_row(
         for name, value in feature_stats.items():
             row[f"stats/{key}/{name}"] = value.tolist()
     # Ours, beside LeRobot's: which file the episode came from, and whether it was torn.
-    row["omniloop/source"] = columns.path.name
+    row["omniloop/source"] = columns.source
     row["omniloop/complete"] = columns.complete
     return row
 

@@ -1,6 +1,6 @@
 """What the robot bridge costs, against a raw pyzmq ping-pong of the same bytes, in one run.
 
-    python benchmarks/bridge.py                      # about 2 minutes on 2 cores
+    python benchmarks/bridge.py                      # about 3 minutes on 2 cores
     python benchmarks/bridge.py --seconds 5 --out runs/bench/bridge
 
 The robot side runs in its own process, as it would on a robot: `omniloop robot-server`'s
@@ -114,13 +114,14 @@ def serve_raw(endpoint: mp.Queue, image: bool, mode: str) -> None:
     arrays = observation_arrays(image)
     while True:
         if mode == "pyzmq":
-            sock.send_multipart(sock.recv_multipart()[:1] + reply)
-            continue
-        peer, *frames = p.receive(sock)
-        if mode == "codec":
-            command = p.decode(frames)
-            reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq), arrays, command.session))
-        p.send(sock, [peer, *reply])
+            peer, *_ = sock.recv_multipart()
+            sock.send_multipart([peer, *reply])
+        else:
+            peer, *frames = p.receive(sock)
+            if mode == "codec":
+                command = p.decode(frames)
+                reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq), arrays, command.session))
+            p.send(sock, [peer, *reply])
 
 
 def observation_arrays(image: bool) -> dict[str, np.ndarray]:

@@ -25,7 +25,6 @@ from robot_bridge.keys import load_pair, load_public
 from robot_bridge.spec import RobotSpec
 
 CLOCK_SAMPLES = 16  # heartbeat round trips kept; the shortest gives the clock offset
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond a call
 
 
 class RobotFault(RuntimeError):
@@ -137,7 +136,7 @@ class RobotClient:
             return None
         deadline = time.monotonic() + timeout_s
         while True:
-            waiting = self.socket.getsockopt(_EVENTS) & _POLLIN
+            waiting = p.waiting(self.socket)
             left = deadline - time.monotonic()
             if not waiting and left <= 0:
                 return None  # cheaper than a receive that raises zmq.Again

@@ -44,13 +44,12 @@ log = logging.getLogger("omniloop.robot_server")
 SEND_HWM = 64  # messages queued for a slow agent; beyond, new ones are dropped and counted
 DRAIN_MAX = 64  # messages answered between two ticks at most: a flood cannot stop the clock
 REPORT_EVERY_S = 10.0  # a status line on the console this often
-# the stream of commands and applied actions reaches the disk this often: a write every 100 ticks put
-# its tens of microseconds into 1 % of the round trips, the 99th percentile itself
+# the stream of commands and applied actions reaches the disk at least this often (and whenever the
+# log's 64 KiB buffer fills): a flush every 100 ticks put its tens of microseconds into 1 % of the
+# round trips, the 99th percentile itself
 LOG_FLUSH_S = 0.5
 FINE_WAIT_S = 100e-6  # the nap between socket checks in a tick's last 2 ms
 RTT_WINDOW = 4096  # the latest observation-to-command round trips kept for `status`
-# plain ints: pyzmq's enum flags cost a microsecond an operation, and these are on every message's path
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 class BindRefused(ValueError):
@@ -250,10 +249,9 @@ class RobotServer:
         for handled in range(DRAIN_MAX):
             if handled and time.monotonic() >= next_tick:
                 return
-            # ask whether a message is waiting rather than catch zmq.Again: the exception costs more
-            if not self.socket.getsockopt(_EVENTS) & _POLLIN:
+            if not p.waiting(self.socket):
                 return
-            self._handle(p.receive(self.socket, _NOBLOCK))
+            self._handle(p.receive(self.socket, p.NOBLOCK))
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -505,7 +503,7 @@ class RobotServer:
 
     def _auth_events(self) -> None:
         """Count and log the handshakes that CURVE refused since the last look."""
-        while self.monitor.getsockopt(_EVENTS) & _POLLIN:
+        while p.waiting(self.monitor):
             event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             self.counts["auth_refused"] += 1
             self.record("auth_refused", zmq_event=int(event["event"]),
@@ -519,7 +517,7 @@ class RobotServer:
 
     def _reply(self, peer: bytes, msg: p.Message) -> None:
         try:
-            p.send(self.socket, [peer, *p.encode(msg)], _NOBLOCK)
+            p.send(self.socket, [peer, *p.encode(msg)], p.NOBLOCK)
         except zmq.Again:  # the agent reads slower than we send: this message is dropped
             self.drops["send_queue_full"] += 1
         except zmq.ZMQError as exc:

@@ -216,6 +216,21 @@ def test_fps_from_control_hz_and_the_callers_override(tmp_path: Path) -> None:
     assert export_lerobot(folder, tmp_path / "override", fps=5)["fps"] == 5
 
 
+def test_a_tree_of_runs_keeps_each_file_apart(tmp_path: Path) -> None:
+    """Every run names its files episode_000000.mcap, ...: the export names them by their path under the
+    folder, and hidden files (macOS's ._ copies, an export's staging folder) are not episodes."""
+    for run in ("run-a", "run-b"):
+        write_episode(tmp_path / "runs" / run / "episodes", 0, 4, torn=run == "run-b")
+    (tmp_path / "runs" / "run-a" / "episodes" / "._episode_000000.mcap").write_bytes(b"\0" * 64)
+    (tmp_path / "runs" / ".staging").mkdir()
+    (tmp_path / "runs" / ".staging" / "episode_000000.mcap").write_bytes(b"not an episode")
+    summary = export_lerobot(tmp_path / "runs", tmp_path / "dataset")
+    sources = ["run-a/episodes/episode_000000.mcap", "run-b/episodes/episode_000000.mcap"]
+    assert summary["episodes"] == 2 and summary["torn"] == sources[1:]
+    rows = pq.read_table(tmp_path / "dataset" / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [row["omniloop/source"] for row in rows] == sources
+
+
 def test_refuses_a_folder_without_episodes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(EpisodeError, match="empty: no episode files"):
