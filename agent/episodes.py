@@ -177,7 +177,8 @@ _MEDIA_TYPES = {
 
 
 class EpisodeError(Exception):
-    """An episode file that is missing, truncated before its metadata, corrupt or not ours."""
+    """An episode file that is missing, truncated before its metadata, corrupt or not ours; or a folder
+    of episodes that is missing or holds none."""
 
 
 @dataclass

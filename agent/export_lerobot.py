@@ -273,7 +273,8 @@ class _DatasetWriter:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _episode_columns(episode: Episode, path: Path, source: str, task: str | None, fps_override: int | None) -> _Columns:
+def _episode_columns(episode: Episode, path: Path, source: str, task: str | None,
+                     fps_override: int | None) -> _Columns:
     """An episode's whole steps as per-feature arrays, checked for shape and for features on some steps only."""
     steps = episode.steps
     images = _stack(path, steps, "image", [s.observation.get("image") for s in steps], np.uint8)
