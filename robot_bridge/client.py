@@ -136,12 +136,14 @@ class RobotClient:
             return None
         deadline = time.monotonic() + timeout_s
         while True:
-            waiting = p.waiting(self.socket)
             left = deadline - time.monotonic()
-            if not waiting and left <= 0:
-                return None  # cheaper than a receive that raises zmq.Again
-            # a blocking receive with a timeout: one call into libzmq, where poll-then-receive is two
-            timeout_ms = 0 if waiting else max(1, int(left * 1000))
+            if left > 0:
+                # a blocking receive with a timeout: one call into libzmq, where poll-then-receive is two
+                timeout_ms = max(1, int(left * 1000))
+            elif p.waiting(self.socket):
+                timeout_ms = 0
+            else:
+                return None  # asking costs less than a receive that raises zmq.Again
             if timeout_ms != self._receive_timeout_ms:
                 self.socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
                 self._receive_timeout_ms = timeout_ms
