@@ -208,16 +208,20 @@ class StepRecord:
     def action_source(self) -> str | None:
         """Which of the step's actions is the one the body really got, as far as the file knows: the
         first of ACTION_SOURCES that it holds; None for a step without an action."""
-        for source in ACTION_SOURCES:
-            if getattr(self, f"action_{source}") is not None:
-                return source
-        return None
+        return self._nearest_the_body()[0]
 
     @property
     def action_taken(self) -> np.ndarray | None:
         """What the body really got: the applied action, else the sent one, else the requested one."""
-        source = self.action_source
-        return None if source is None else getattr(self, f"action_{source}")
+        return self._nearest_the_body()[1]
+
+    def _nearest_the_body(self) -> tuple[str | None, np.ndarray | None]:
+        # in the order of ACTION_SOURCES
+        for source, action in (("applied", self.action_applied), ("sent", self.action_sent),
+                               ("requested", self.action_requested)):
+            if action is not None:
+                return source, action
+        return None, None
 
 
 @dataclass
