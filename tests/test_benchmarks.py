@@ -89,6 +89,7 @@ def test_bridge_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch, capsy
     for r in table:  # numbers are measured, not asserted: only that each was taken
         assert float(r["raw_p50_us"]) > 0 and float(r["lean_p50_us"]) > 0 and float(r["codec_p50_us"]) > 0
         assert float(r["bridge_p50_us"]) > 0
+        assert float(r["bridge_max_us"]) >= float(r["bridge_p999_us"]) >= float(r["bridge_p99_us"]) > 0
         assert float(r["lockstep_hz"]) > 0
     assert (tmp_path / "bridge.png").stat().st_size > 0 and not (tmp_path / "server.jsonl").exists()
 
