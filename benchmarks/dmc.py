@@ -250,7 +250,10 @@ def table(rows: list[dict], task: str, obs: str) -> str:
         cells = []
         for s in steps:
             m = summary(rows, agent, s)
-            cells.append("" if m is None else f"{m[0]:.0f} ± {m[1]:.0f} (n={m[2]})")
+            if m is None:
+                cells.append("")
+            else:  # the spread is across seeds: one seed has none
+                cells.append(f"{m[0]:.0f} ± {m[1]:.0f} (n={m[2]})" if m[2] > 1 else f"{m[0]:.0f} (n=1)")
         lines.append(f"| {agent} (this machine) | " + " | ".join(cells) + " |")
     for name, value in PUBLISHED.get((task, obs), {}).items():
         lines.append(f"| {name} (published) | " + " | ".join(str(value) if s == 100_000 else "" for s in steps) + " |")
@@ -275,7 +278,7 @@ def plot(rows: list[dict], task: str, obs: str, episodes: int, path: Path) -> No
     ax.set_ylabel(f"episode return (mean of {episodes} episodes, no exploration)")
     ax.set_ylim(0, 1000)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")  # a curve that stays low would hide under a fixed corner
     ax.set_title(f"dm_control {task}, from {obs}")
     fig.savefig(path, dpi=110)
 

@@ -63,6 +63,16 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     assert (tmp_path / "moe" / "moe_vs_dense.png").stat().st_size > 1000
 
 
+def test_dmc_table_gives_a_spread_across_seeds_only_where_there_are_two():
+    dmc = load("dmc")
+    rows_ = [{"agent": "omniloop", "env_steps": 100_000, "return": r} for r in (900.0, 950.0)]
+    rows_ += [{"agent": "sac", "env_steps": 100_000, "return": 500.0}]
+    lines = dmc.table(rows_, "reacher-easy", "state").splitlines()
+    assert lines[2] == "| omniloop (this machine) | 925 ± 25 (n=2) |"
+    assert lines[3] == "| sac (this machine) | 500 (n=1) |"
+    assert lines[4] == "| TD-MPC2 (published) | 937 |"
+
+
 def test_dmc_benchmark_from_pixels(tmp_path):
     """--pixels: the agent sees only the last 3 frames (no state), and still runs the protocol."""
     dmc = load("dmc")
