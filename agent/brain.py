@@ -47,7 +47,8 @@ class Brain:
         self.model = WorldModel({k: s for k, (s, _) in spec.items()}, action_dim, cfg.worldmodel).to(self.device)
         self.learner = Learner(self.model, cfg.learner)
         self.plan_rng = torch.Generator(self.device).manual_seed(cfg.run.seed)
-        self.deliberation = Deliberation(cfg.deliberation, MPPI(cfg.planner, action_dim, self.plan_rng))
+        self.deliberation = Deliberation(cfg.deliberation, MPPI(cfg.planner, action_dim, self.plan_rng),
+                                        value_discount=cfg.learner.discount)
         self.memory = Memory(cfg.memory, spec, action_dim, cfg.learner.horizon, cfg.run.seed)
         self.rng = np.random.default_rng(cfg.run.seed)
         self.update_credit = 0.0

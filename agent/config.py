@@ -121,6 +121,10 @@ def validate(cfg: Config) -> None:
          f"planner.elites must be in [1, planner.samples={cfg.planner.samples}], got {cfg.planner.elites}")
     need(0.0 <= cfg.planner.policy_fraction < 1.0,
          f"planner.policy_fraction must be in [0, 1), got {cfg.planner.policy_fraction}")
+    need(cfg.deliberation.promise_window >= 0,
+         f"deliberation.promise_window must be >= 0 steps (0 turns the check off), got {cfg.deliberation.promise_window}")
+    need(cfg.deliberation.promise_shortfall > 0,
+         f"deliberation.promise_shortfall must be > 0, got {cfg.deliberation.promise_shortfall}")
     for section in (cfg.objective, cfg.bridge):
         try:
             section.validate()

@@ -34,8 +34,10 @@ class Evaluation:
 
 
 def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed: int,
-                 reset: Callable[[], None] = lambda: None) -> Evaluation:
-    """Play `episodes` episodes with `policy` (observation -> action); success is the last step's."""
+                 reset: Callable[[], None] = lambda: None,
+                 rewarded: Callable[[float], None] = lambda reward: None) -> Evaluation:
+    """Play `episodes` episodes with `policy` (observation -> action); success is the last step's.
+    `reset` runs at each episode's start, `rewarded` gets each step's reward."""
     returns, successes, steps, start = [], [], 0, time.perf_counter()
     for i in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed * 10_007 + i)
@@ -43,6 +45,7 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
         ret, done, info = 0.0, False, {}
         while not done:
             obs, reward, terminated, truncated, info = env.step(policy(obs))
+            rewarded(float(reward))
             ret += float(reward)
             steps += 1
             done = terminated or truncated
@@ -55,14 +58,16 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 
 
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
-    """The agent plans as it does while learning, but commits to its plan without exploration noise.
+    """The agent plans as it does while learning, but commits to its plan without exploration noise
+    (and hands over to System 1 when its promises fail, as it does while learning).
     Nothing is learned, and the deliberation's running state is as it was afterwards, so training can
     go on as if the evaluation had not happened (but for the random numbers it drew)."""
     def policy(obs: dict) -> np.ndarray:
         return brain.act(brain.encode(brain.prepare(obs)), explore=False).action
 
     with brain.deliberation.aside():
-        return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode)
+        return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode,
+                            rewarded=brain.deliberation.rewarded)
 
 
 def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:

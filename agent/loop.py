@@ -175,6 +175,7 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             s = brain.surprise(step, z_next, float(reward))
             brain.memory.add(o, applied, float(reward), terminated, s["total"])
             replanned = brain.deliberation.observe(s["total"])
+            brain.deliberation.rewarded(float(reward))
             learned = []
             if counters.env_step >= cfg.run.seed_steps:
                 # the first learner call catches up on the seed data at once; later ones follow surprise

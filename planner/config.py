@@ -30,3 +30,5 @@ class DeliberationConfig:
     fast_agreement: float = 0.1  # earned: System 1's proposals lately within this of System 2's choices
     fast_surprise: float = 0.5  # calm: relative surprise below this ...
     fast_uncertainty: float = 0.02  # ... and Q-ensemble disagreement (relative std) below this
+    promise_window: int = 25  # steps after which a value's promise is checked against what came; 0: never
+    promise_shortfall: float = 0.1  # a shortfall above this share of the promise: System 1 acts for a window

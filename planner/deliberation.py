@@ -9,7 +9,13 @@ surprise and of the value ensemble's disagreement, and compares each new step to
 - System 1 acts alone (the policy prior's mean action, no search, no noise) only when it has earned
   it and the moment is calm: its own proposals have lately matched what the search chose (a running
   mean of the action gap below fast_agreement), and surprise and disagreement are both low. Early in
-  learning the prior disagrees with the search, so every step is planned.
+  learning the prior disagrees with the search, so every step is planned;
+- System 1 also takes over when the search's promises keep failing (planner/promise.py): when the
+  return that came in over the last promise_window steps falls short of the value promised at their
+  start by more than promise_shortfall of it, the prior acts for the next promise_window steps, and
+  then the search gets a fresh trial. The search looks a few steps ahead and trusts the value's level
+  where it ends; the prior was trained on the value's gradient in every state it met, so a plateau
+  that traps the one need not trap the other.
 The wall-clock deadline always holds: the search returns its best plan when it runs out.
 """
 
@@ -24,12 +30,17 @@ import torch
 from planner.config import DeliberationConfig
 from planner.interface import LatentModel
 from planner.mppi import MPPI, PlanTrace
+from planner.promise import PromiseCheck
 
 
 class Deliberation:
-    def __init__(self, cfg: DeliberationConfig, mppi: MPPI):
+    def __init__(self, cfg: DeliberationConfig, mppi: MPPI, value_discount: float | None = None):
+        """`value_discount` is the one the value was trained with (the planner's by default)."""
         self.cfg = cfg
         self.mppi = mppi
+        discount = mppi.cfg.discount if value_discount is None else value_discount
+        self.promise = PromiseCheck(cfg.promise_window, discount, cfg.promise_shortfall) if cfg.promise_window else None
+        self.takeover_left = 0  # steps System 1 still acts for, after the search's promises failed
         self.surprise_mean: float | None = None
         self.uncertainty_mean: float | None = None
         self.relative_surprise = 1.0
@@ -39,15 +50,28 @@ class Deliberation:
     def aside(self) -> Iterator[None]:
         """Decide inside this block without changing what the running means and warm start will be
         after it (an evaluation between training episodes)."""
-        kept = (self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean)
+        kept = (self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean,
+                self.takeover_left)
+        promise = self.promise.state() if self.promise else None
         try:
             yield
         finally:
-            self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean = kept
+            (self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean,
+             self.takeover_left) = kept
+            if self.promise:
+                self.promise.restore(promise)
 
     def new_episode(self) -> None:
         self.mppi.reset()
         self.relative_surprise = 1.0
+        self.takeover_left = 0
+        if self.promise:
+            self.promise.reset()
+
+    def rewarded(self, reward: float) -> None:
+        """Report the reward the last decided action brought (it settles that step's promise)."""
+        if self.promise:
+            self.promise.delivered(reward)
 
     def observe(self, surprise: float) -> bool:
         """Report the last step's surprise; returns True when it dropped the warm start."""
@@ -64,22 +88,31 @@ class Deliberation:
         """z0 (Z,) -> action (A,) and its trace."""
         start = time.perf_counter()
         prior = model.policy(z0[None], deterministic=True)
+        value = float(model.value(z0[None], prior)[0])
         unsure = float(model.uncertainty(z0[None], prior)[0])
         mean_u = self.uncertainty_mean if self.uncertainty_mean is not None else unsure
         self.uncertainty_mean = mean_u + self.cfg.surprise_ema * (unsure - mean_u)
         relative_unsure = unsure / max(mean_u, 1e-8)
 
         cfg = self.cfg
+        if self.promise and self.takeover_left == 0 and self.promise.broken(value):
+            self.takeover_left = cfg.promise_window
+            self.promise.reset()
+        if self.takeover_left:
+            self.takeover_left -= 1
+            if self.takeover_left == 0:
+                self.promise.reset()  # the search's fresh trial starts from the state this spell ends in
+            # the prior's sample while learning (it explores), its mean otherwise
+            action = model.policy(z0[None])[0] if explore else prior[0]
+            return action, self._system_one(model, z0, action, value, start, takeover=True)
+        if self.promise:
+            self.promise.promised(value)
+
         earned = self.agreement is not None and self.agreement < cfg.fast_agreement
         if cfg.fast_path and earned and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
             # System 1's own best guess: its sampled actions are for exploring, and exploring is
             # what a calm, confident step does not need (noise there knocks a held pose off target).
-            action = prior[0]
-            self.mppi.reset()  # the search's plan no longer follows what was done
-            z1 = model.step(z0[None], action[None])[0]
-            r0 = float(model.reward(z0[None], action[None])[0])
-            value = float(model.value(z0[None], action[None])[0])
-            return action, PlanTrace(0, value, value, 1e3 * (time.perf_counter() - start), z1, r0, True)
+            return prior[0], self._system_one(model, z0, prior[0], value, start, takeover=False)
 
         scale = min(cfg.think_max, max(cfg.think_min, max(self.relative_surprise, relative_unsure)))
         iterations = max(1, round(self.mppi.cfg.iterations * scale))
@@ -89,3 +122,12 @@ class Deliberation:
         self.agreement = gap if self.agreement is None else self.agreement + cfg.surprise_ema * (gap - self.agreement)
         trace.think_ms = 1e3 * (time.perf_counter() - start)
         return action, trace
+
+    def _system_one(self, model: LatentModel, z0: torch.Tensor, action: torch.Tensor, value: float, start: float,
+                    takeover: bool) -> PlanTrace:
+        """The trace of a step System 1 took alone; the search's plan no longer follows what was done."""
+        self.mppi.reset()
+        z1 = model.step(z0[None], action[None])[0]
+        r0 = float(model.reward(z0[None], action[None])[0])
+        return PlanTrace(0, value, value, 1e3 * (time.perf_counter() - start), z1, r0,
+                         fast_path=not takeover, takeover=takeover)

@@ -29,12 +29,14 @@ class PlanTrace:
     think_ms: float  # wall-clock time of the decision
     expected_latent: torch.Tensor  # (Z,) the latent the model expects after the committed action
     expected_reward: float  # the reward the model expects for the committed action
-    fast_path: bool = False  # True when System 1's action was taken without search
+    fast_path: bool = False  # True when System 1's action was taken without search, in a calm moment
+    takeover: bool = False  # True when System 1 acted because the search's promises had failed
 
     def scalars(self) -> dict[str, float | int]:
         return {"iterations": self.iterations, "best_return": self.best_return,
                 "mean_return": self.mean_return, "think_ms": self.think_ms,
-                "expected_reward": self.expected_reward, "fast_path": int(self.fast_path)}
+                "expected_reward": self.expected_reward, "fast_path": int(self.fast_path),
+                "takeover": int(self.takeover)}
 
 
 class MPPI:

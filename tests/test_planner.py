@@ -1,10 +1,12 @@
 """MPPI on a small hand-written model that implements the planner's world-model interface."""
 
+import pytest
 import torch
 
 from planner.config import DeliberationConfig, PlannerConfig
 from planner.deliberation import Deliberation
 from planner.mppi import MPPI
+from planner.promise import PromiseCheck
 
 
 class PointMass:
@@ -100,3 +102,65 @@ def test_deliberation_trusts_system_one_once_it_has_earned_it():
     stubborn.observe(0.1)
     far = PointMass([0.1, 0.1])  # the search moves at full speed; the prior says stand still
     assert not any(stubborn.decide(far, torch.zeros(2), explore=False)[1].fast_path for _ in range(8))
+
+
+def test_a_value_that_comes_true_keeps_its_promise_and_one_that_never_does_breaks_it():
+    g, window = 0.9, 5
+    honest = PromiseCheck(window, g, shortfall=0.1)
+    for _ in range(3 * window):  # reward 1 forever is worth 1 / (1 - g) = 10 from every state
+        assert not honest.broken(10.0)
+        honest.promised(10.0)
+        honest.delivered(1.0)
+    assert abs(honest.gap(10.0)) < 1e-9
+
+    liar = PromiseCheck(window, g, shortfall=0.1)
+    for step in range(window):
+        assert liar.gap(10.0) is None  # not a whole window walked yet
+        liar.promised(10.0)
+        liar.delivered(0.0)
+    assert liar.gap(10.0) == pytest.approx(10.0 * (1 - g**window))  # nothing came, the value stayed
+    assert liar.broken(10.0)
+    liar.delivered(0.0)  # a reward with no promise (a random action) counts for nothing
+    assert len(liar.rewards) == window and liar.broken(10.0)
+    liar.reset()
+    assert liar.gap(10.0) is None
+
+
+class Plateau(PointMass):
+    """The value promises 10 everywhere and the search, which sees no reward anywhere, wanders; the
+    prior always says [0.5, -0.5]."""
+
+    def reward(self, z, a):
+        return torch.zeros(z.shape[0])
+
+    def value(self, z, a):
+        return torch.full((z.shape[0],), 10.0)
+
+    def policy(self, z, deterministic=False):
+        return torch.tensor([[0.5, -0.5]]).expand(z.shape[0], 2)
+
+
+def test_system_one_takes_over_for_a_window_when_the_search_keeps_promising_in_vain():
+    window = 4
+    d = Deliberation(DeliberationConfig(fast_path=False, promise_window=window, promise_shortfall=0.1),
+                     planner(), value_discount=0.9)
+    model, z = Plateau([0.0, 0.0]), torch.zeros(2)
+    kinds = []
+    for _ in range(3 * window + 2):
+        action, trace = d.decide(model, z, explore=False)
+        d.rewarded(0.0)  # the promised 10 never comes in
+        kinds.append(trace.takeover)
+        if trace.takeover:
+            assert trace.iterations == 0 and torch.equal(action, torch.tensor([0.5, -0.5]))
+    # a full window of search, then System 1 for a window, then a fresh trial for the search
+    assert kinds == [False] * window + [True] * window + [False] * window + [True] * 2
+
+    with d.aside():  # an evaluation between episodes leaves the check where it was
+        d.new_episode()
+        assert d.takeover_left == 0 and d.promise.gap(10.0) is None
+    assert d.takeover_left == window - 2
+
+    off = Deliberation(DeliberationConfig(fast_path=False, promise_window=0), planner())
+    for _ in range(3 * window):
+        off.rewarded(0.0)
+        assert not off.decide(model, z, explore=False)[1].takeover

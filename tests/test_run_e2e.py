@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import pytest
 
 from agent.checkpoint import load_checkpoint
 from agent.cli import main
@@ -107,3 +108,23 @@ def test_a_corrupt_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
     (tmp_path / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
     assert main(["sim", "--resume", str(tmp_path), "--no-progress"]) == 2
     assert "checkpoint.safetensors" in capsys.readouterr().err
+
+
+def test_evaluation_reports_every_reward_to_the_deliberation():
+    """The promise check needs the rewards in evaluation too, or a stuck search would stay stuck there."""
+    import sim
+    from agent.brain import Brain
+    from agent.config import load_config
+    from agent.evaluate import evaluate_agent
+
+    cfg = load_config(None, SMALL)
+    env = sim.make(cfg.env, seed=0)
+    brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
+    rewards = []
+    brain.deliberation.rewarded = rewards.append
+    try:
+        ev = evaluate_agent(env, brain, episodes=2)
+    finally:
+        env.close()
+    assert len(rewards) == 2 * 20
+    assert sum(rewards) / 2 == pytest.approx(ev.mean_return)
