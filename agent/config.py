@@ -123,8 +123,8 @@ def validate(cfg: Config) -> None:
          f"planner.policy_fraction must be in [0, 1), got {cfg.planner.policy_fraction}")
     need(cfg.deliberation.promise_window >= 0,
          f"deliberation.promise_window must be >= 0 steps (0 turns the check off), got {cfg.deliberation.promise_window}")
-    need(cfg.deliberation.promise_shortfall > 0,
-         f"deliberation.promise_shortfall must be > 0, got {cfg.deliberation.promise_shortfall}")
+    need(cfg.deliberation.promise_tolerance > 0,
+         f"deliberation.promise_tolerance must be > 0, got {cfg.deliberation.promise_tolerance}")
     for section in (cfg.objective, cfg.bridge):
         try:
             section.validate()

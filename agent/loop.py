@@ -141,6 +141,7 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
                 # hold the robot instead of planning on it, and go on from the next fresh one (the
                 # experience in memory breaks here)
                 brain.memory.add(o)
+                brain.deliberation.interrupted()
                 obs, info = env.reset(options={"hold": True})
                 captured = capture_time(info)
                 o = brain.prepare(obs)

@@ -10,12 +10,13 @@ surprise and of the value ensemble's disagreement, and compares each new step to
   it and the moment is calm: its own proposals have lately matched what the search chose (a running
   mean of the action gap below fast_agreement), and surprise and disagreement are both low. Early in
   learning the prior disagrees with the search, so every step is planned;
-- System 1 also takes over when the search's promises keep failing (planner/promise.py): when the
-  return that came in over the last promise_window steps falls short of the value promised at their
-  start by more than promise_shortfall of it, the prior acts for the next promise_window steps, and
-  then the search gets a fresh trial. The search looks a few steps ahead and trusts the value's level
-  where it ends; the prior was trained on the value's gradient in every state it met, so a plateau
-  that traps the one need not trap the other.
+- System 1 also takes over when the search's steps keep failing the value's promise (planner/promise.py):
+  when the return of the last promise_window searched steps, closed by the value reached, falls short
+  of the value promised at their start by more than promise_tolerance of what fell due in that window,
+  the prior acts for the next promise_window steps, and then the search gets a fresh trial. The value
+  is the prior's own (Q of the prior's action), so the search doing far worse than it promises is the
+  search doing worse than the prior would; and a search that looks a few steps ahead can sit on a
+  plateau of the value that the prior, trained on the value's slope in every state it met, walks off.
 The wall-clock deadline always holds: the search returns its best plan when it runs out.
 """
 
@@ -34,12 +35,11 @@ from planner.promise import PromiseCheck
 
 
 class Deliberation:
-    def __init__(self, cfg: DeliberationConfig, mppi: MPPI, value_discount: float | None = None):
-        """`value_discount` is the one the value was trained with (the planner's by default)."""
+    def __init__(self, cfg: DeliberationConfig, mppi: MPPI, value_discount: float):
+        """`value_discount` is the one the value was trained with (the learner's)."""
         self.cfg = cfg
         self.mppi = mppi
-        discount = mppi.cfg.discount if value_discount is None else value_discount
-        self.promise = PromiseCheck(cfg.promise_window, discount, cfg.promise_shortfall) if cfg.promise_window else None
+        self.promise = PromiseCheck(cfg.promise_window, value_discount, cfg.promise_tolerance) if cfg.promise_window else None
         self.takeover_left = 0  # steps System 1 still acts for, after the search's promises failed
         self.surprise_mean: float | None = None
         self.uncertainty_mean: float | None = None
@@ -69,9 +69,16 @@ class Deliberation:
             self.promise.reset()
 
     def rewarded(self, reward: float) -> None:
-        """Report the reward the last decided action brought (it settles that step's promise)."""
+        """Report the reward the last action brought (it settles that step's promise)."""
         if self.promise:
             self.promise.delivered(reward)
+
+    def interrupted(self) -> None:
+        """The episode went on without the agent for a while (a robot held on a stale observation):
+        neither the warm-started plan nor the promises made before it follow from where it is now."""
+        self.mppi.reset()
+        if self.promise:
+            self.promise.reset()
 
     def observe(self, surprise: float) -> bool:
         """Report the last step's surprise; returns True when it dropped the warm start."""
@@ -88,7 +95,7 @@ class Deliberation:
         """z0 (Z,) -> action (A,) and its trace."""
         start = time.perf_counter()
         prior = model.policy(z0[None], deterministic=True)
-        value = float(model.value(z0[None], prior)[0])
+        value = float(model.value(z0[None], prior)[0]) if self.promise or self.cfg.fast_path else float("nan")
         unsure = float(model.uncertainty(z0[None], prior)[0])
         mean_u = self.uncertainty_mean if self.uncertainty_mean is not None else unsure
         self.uncertainty_mean = mean_u + self.cfg.surprise_ema * (unsure - mean_u)
@@ -97,16 +104,11 @@ class Deliberation:
         cfg = self.cfg
         if self.promise and self.takeover_left == 0 and self.promise.broken(value):
             self.takeover_left = cfg.promise_window
-            self.promise.reset()
         if self.takeover_left:
+            # nothing is promised on System 1's steps (so the search's next trial starts afresh)
             self.takeover_left -= 1
-            if self.takeover_left == 0:
-                self.promise.reset()  # the search's fresh trial starts from the state this spell ends in
-            # the prior's sample while learning (it explores), its mean otherwise
-            action = model.policy(z0[None])[0] if explore else prior[0]
+            action = model.policy(z0[None])[0] if explore else prior[0]  # the prior explores while learning
             return action, self._system_one(model, z0, action, value, start, takeover=True)
-        if self.promise:
-            self.promise.promised(value)
 
         earned = self.agreement is not None and self.agreement < cfg.fast_agreement
         if cfg.fast_path and earned and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
@@ -114,6 +116,8 @@ class Deliberation:
             # what a calm, confident step does not need (noise there knocks a held pose off target).
             return prior[0], self._system_one(model, z0, prior[0], value, start, takeover=False)
 
+        if self.promise:
+            self.promise.promised(value)  # on the search's steps only: the check judges the search
         scale = min(cfg.think_max, max(cfg.think_min, max(self.relative_surprise, relative_unsure)))
         iterations = max(1, round(self.mppi.cfg.iterations * scale))
         remaining = cfg.deadline_s - (time.perf_counter() - start)

@@ -71,7 +71,7 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     ("env.frame_stack=0", "env.frame_stack"),
     ("learner.snapshot_every=0", "learner.snapshot_every"),
     ("deliberation.promise_window=-1", "deliberation.promise_window"),
-    ("deliberation.promise_shortfall=0", "deliberation.promise_shortfall"),
+    ("deliberation.promise_tolerance=0", "deliberation.promise_tolerance"),
 ])
 def test_values_that_cannot_work_are_refused_by_name(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
