@@ -24,6 +24,7 @@ class Evaluation:
     std_return: float
     success_rate: float | None  # None when the task reports no success
     steps_per_s: float
+    returns: tuple[float, ...] = ()  # of each episode, in order
 
     def row(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}return": self.mean_return, f"{prefix}return_std": self.std_return,
@@ -54,7 +55,7 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
             successes.append(float(info["success"]))
     elapsed = time.perf_counter() - start
     return Evaluation(episodes, float(np.mean(returns)), float(np.std(returns)),
-                      float(np.mean(successes)) if successes else None, steps / max(elapsed, 1e-9))
+                      float(np.mean(successes)) if successes else None, steps / max(elapsed, 1e-9), tuple(returns))
 
 
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:

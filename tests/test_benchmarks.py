@@ -1,5 +1,6 @@
 """The benchmarks run end to end at a tiny size: our agent and SAC on a dm_control task with the
-evaluation protocol, and MoE against dense on the episodes that run recorded."""
+evaluation protocol, the promise check on that run's checkpoint, and MoE against dense on the
+episodes that run recorded."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     dmc.main(["--task", "reacher-easy", "--steps", "40", "--eval-every", "20", "--eval-episodes", "2",
               "--out", str(out), *TINY])
     assert len(rows(out / "results.csv")) == 4
+    capsys.readouterr()
+
+    # The promise check, off and on, on that run's checkpoint
+    load("promise_check").main([str(out / "omniloop-seed0"), "--episodes", "2", "deliberation.promise_window=2"])
+    printed = capsys.readouterr().out
+    for line in ("| without the check |", "| with the check |", "System 1 took over for"):
+        assert line in printed, printed
 
     moe = load("moe_vs_dense")
     moe.main(["--episodes", str(out / "omniloop-seed0" / "episodes"), "--experts", "4,8", "--steps", "6",
