@@ -80,12 +80,17 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     assert meta["learner"]["updates"] >= updates_before + 40  # one update per step, counted on from before
 
 
-def test_state_only_task_that_terminates_runs_end_to_end(tmp_path):
+def test_state_only_task_that_terminates_runs_end_to_end(tmp_path, monkeypatch):
     """gym:InvertedPendulum-v5 from state: no image (no decoder, no video), no success, early termination."""
+    from planner.deliberation import Deliberation
+
+    rewards = []  # the loop reports every step's reward to the promise check
+    monkeypatch.setattr(Deliberation, "rewarded", lambda self, reward: rewards.append(reward))
     run_dir = tmp_path / "pendulum"
     args = ["sim", "--env", "gym:InvertedPendulum-v5", "--steps", "60", "--out", str(run_dir), "--no-progress",
             "env.pixels=false", *SMALL]
     assert main(args) == 0
+    assert len(rewards) == 60
     rows = read_metrics(run_dir / "metrics.csv")
     assert rows[-1]["env_step"] == 60 and len(rows) > 3  # a random pendulum falls within a few steps
     assert all("success" not in r for r in rows)
