@@ -30,5 +30,5 @@ class DeliberationConfig:
     fast_agreement: float = 0.1  # earned: System 1's proposals lately within this of System 2's choices
     fast_surprise: float = 0.5  # calm: relative surprise below this ...
     fast_uncertainty: float = 0.02  # ... and Q-ensemble disagreement (relative std) below this
-    promise_window: int = 10  # searched steps after which a value's promise is checked (~1/(1-discount)); 0: never
+    promise_window: int = 10  # unexplored searched steps before a promise is checked (~1/(1-g)); 0: never
     promise_tolerance: float = 0.5  # a return short by more than this share of what fell due: System 1 acts a window

@@ -10,13 +10,14 @@ surprise and of the value ensemble's disagreement, and compares each new step to
   it and the moment is calm: its own proposals have lately matched what the search chose (a running
   mean of the action gap below fast_agreement), and surprise and disagreement are both low. Early in
   learning the prior disagrees with the search, so every step is planned;
-- System 1 also takes over when the search's steps keep failing the value's promise (planner/promise.py):
-  when the return of the last promise_window searched steps, closed by the value reached, falls short
-  of the value promised at their start by more than promise_tolerance of what fell due in that window,
-  the prior acts for the next promise_window steps, and then the search gets a fresh trial. The value
-  is the prior's own (Q of the prior's action), so the search doing far worse than it promises is the
-  search doing worse than the prior would; and a search that looks a few steps ahead can sit on a
-  plateau of the value that the prior, trained on the value's slope in every state it met, walks off.
+- System 1 also takes over when the search's steps, taken without exploration noise (as evaluations
+  act), keep failing the value's promise (planner/promise.py): when the return of the last
+  promise_window searched steps, closed by the value reached, falls short of the value promised at
+  their start by more than promise_tolerance of what fell due in that window, the prior acts for the
+  next promise_window steps, and then the search gets a fresh trial. The value is the prior's own
+  (Q of the prior's action), so the search doing far worse than it promises is the search doing
+  worse than the prior would; and a search that looks a few steps ahead can sit on a plateau of the
+  value that the prior, trained on the value's slope in every state it met, walks off.
 The wall-clock deadline always holds: the search returns its best plan when it runs out.
 """
 
@@ -39,7 +40,8 @@ class Deliberation:
         """`value_discount` is the one the value was trained with (the learner's)."""
         self.cfg = cfg
         self.mppi = mppi
-        self.promise = PromiseCheck(cfg.promise_window, value_discount, cfg.promise_tolerance) if cfg.promise_window else None
+        self.promise = (PromiseCheck(cfg.promise_window, value_discount, cfg.promise_tolerance)
+                        if cfg.promise_window else None)
         self.takeover_left = 0  # steps System 1 still acts for, after the search's promises failed
         self.surprise_mean: float | None = None
         self.uncertainty_mean: float | None = None
@@ -102,13 +104,15 @@ class Deliberation:
         relative_unsure = unsure / max(mean_u, 1e-8)
 
         cfg = self.cfg
-        if self.promise and self.takeover_left == 0 and self.promise.broken(value):
+        # The check judges steps taken without exploration only: noise makes the return fall short of
+        # the prior's value by itself (and, while learning, shakes a stuck search loose anyway).
+        judged = self.promise is not None and not explore
+        if judged and self.takeover_left == 0 and self.promise.broken(value):
             self.takeover_left = cfg.promise_window
         if self.takeover_left:
             # nothing is promised on System 1's steps (so the search's next trial starts afresh)
             self.takeover_left -= 1
-            action = model.policy(z0[None])[0] if explore else prior[0]  # the prior explores while learning
-            return action, self._system_one(model, z0, action, value, start, takeover=True)
+            return prior[0], self._system_one(model, z0, prior[0], value, start, takeover=True)
 
         earned = self.agreement is not None and self.agreement < cfg.fast_agreement
         if cfg.fast_path and earned and self.relative_surprise < cfg.fast_surprise and unsure < cfg.fast_uncertainty:
@@ -116,7 +120,7 @@ class Deliberation:
             # what a calm, confident step does not need (noise there knocks a held pose off target).
             return prior[0], self._system_one(model, z0, prior[0], value, start, takeover=False)
 
-        if self.promise:
+        if judged:
             self.promise.promised(value)  # on the search's steps only: the check judges the search
         scale = min(cfg.think_max, max(cfg.think_min, max(self.relative_surprise, relative_unsure)))
         iterations = max(1, round(self.mppi.cfg.iterations * scale))

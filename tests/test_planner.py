@@ -177,6 +177,11 @@ def test_system_one_takes_over_for_a_window_when_the_search_keeps_promising_in_v
     # a full window of search, then System 1 for a window, then a fresh trial for the search
     assert kinds == [False] * window + [True] * window + [False] * window + [True] * 2
 
+    learning = plateau_deliberation(window)  # exploration noise alone makes the return fall short: not judged
+    for _ in range(3 * window):
+        assert not learning.decide(model, z, explore=True)[1].takeover
+        learning.rewarded(0.0)
+
     off = Deliberation(DeliberationConfig(fast_path=False, promise_window=0), planner(), value_discount=0.9)
     for _ in range(3 * window):
         off.rewarded(0.0)
