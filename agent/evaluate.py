@@ -59,8 +59,8 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 
 
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
-    """The agent plans as it does while learning, but commits to its plan without exploration noise
-    (and hands over to System 1 when its promises fail, as it does while learning).
+    """The agent plans as it does while learning, but commits to its plan without exploration noise,
+    and so its search is judged by the promise check (planner/promise.py), which learning skips.
     Nothing is learned, and the deliberation's running state is as it was afterwards, so training can
     go on as if the evaluation had not happened (but for the random numbers it drew)."""
     def policy(obs: dict) -> np.ndarray:
