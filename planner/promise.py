@@ -20,6 +20,7 @@ the shortfall passes `tolerance` of that share.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -49,7 +50,11 @@ class PromiseCheck:
         self.pending = None
 
     def promised(self, value: float) -> None:
-        """The value of the state the next action is taken in (an action the check is to judge)."""
+        """The value of the state the next action is taken in (an action the check is to judge). A
+        value that is not finite promises nothing: its step starts the window over."""
+        if not math.isfinite(value):
+            self.pending = None
+            return
         self.pending = value
         m = self.mean_abs_value
         self.mean_abs_value = abs(value) if m is None else m + SCALE_RATE * (abs(value) - m)

@@ -131,6 +131,11 @@ def test_a_value_that_comes_true_keeps_its_promise_and_one_that_never_does_break
     liar.delivered(0.0)  # a reward with no promise (a random action): the path has a gap, start over
     assert liar.shortfall(10.0) is None
 
+    for value in [10.0] * (window - 1) + [float("nan")]:  # a value gone NaN judges nothing, skews nothing
+        late.promised(value)
+        late.delivered(0.0)
+    assert late.shortfall(10.0) is None and late.mean_abs_value == pytest.approx(10.0)
+
 
 def test_a_promise_of_nothing_is_measured_against_the_usual_value():
     check = PromiseCheck(2, 0.9, tolerance=0.5)
