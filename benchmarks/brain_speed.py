@@ -10,7 +10,10 @@ its state vector, --pixels K for K stacked 64x64 frames.
     python benchmarks/brain_speed.py planner.samples=512                    # any override
 
 Prints, per device and model: ms per plan (MPPI at the configured search size), ms per learner
-update, and the env steps per second of the whole brain at one plan and one update per step.
+update, and the env steps per second of the whole brain at one plan and one update per step. First,
+the CPU's own measured limits for the kinds of work a step is made of (a large matmul, the matmul of
+one 256-candidate layer, an elementwise SiLU over it), so that numbers from two machines of the same
+nominal size can be told apart: the same code ran at twice the speed on one 2-core VM as on another.
 """
 
 from __future__ import annotations
@@ -64,6 +67,16 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def machine_limits(repeats: int = 200) -> dict[str, float]:
+    """What this CPU does at the configured thread count, measured now: GFLOP/s of a 1024x1024
+    matmul, and µs of one (256, 128) x (128, 128) layer and of a SiLU over its (256, 128) output."""
+    gen = torch.Generator().manual_seed(0)
+    big, x, w, b = (torch.randn(*s, generator=gen) for s in ((1024, 1024), (256, 128), (128, 128), (128,)))
+    return {"matmul_gflops": 2 * 1024**3 / (1e-3 * timed(lambda: big @ big, max(5, repeats // 20))) / 1e9,
+            "layer_us": 1e3 * timed(lambda: torch.addmm(b, x, w), repeats),
+            "silu_us": 1e3 * timed(lambda: torch.nn.functional.silu(x), repeats)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
@@ -81,6 +94,9 @@ def main() -> None:
         spec = {"proprio": ((args.state,), "float32")}
     elif args.pixels:
         spec = {"image": ((64, 64, 3 * args.pixels), "uint8")}
+    limits = machine_limits()
+    print(f"this CPU ({torch.get_num_threads()} threads): 1024x1024 matmul {limits['matmul_gflops']:.0f} GFLOP/s, "
+          f"one 256x128x128 layer {limits['layer_us']:.0f} µs, SiLU over 256x128 {limits['silu_us']:.0f} µs")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:

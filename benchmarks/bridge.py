@@ -17,8 +17,12 @@ with a 64x64x3 image.
    calls the bridge itself makes (`protocol.send`/`receive`, a few microseconds cheaper): the bridge's
    ratio to it is what the protocol and safety cost alone. "Codec only" adds the protocol's encoding
    and decoding on both sides: the floor under any bridge that speaks this protocol from Python,
-   before a single check. All four are measured in turns (`--rounds` slices each, in a rotating
-   order), so that a slow spell of the machine weighs on all of them alike.
+   before a single check. "Agent alone" is `RemoteRobotEnv.step` against a robot side that only
+   decodes and answers (`serve_null`): what a robot-side server costing nothing beyond the codec would
+   leave, the agent side's own share. All five are measured in turns (`--rounds` slices each, in a
+   rotating order), so that a slow spell of the machine weighs on all of them alike. Beside each round trip, the
+   CPU time that each side's process spent per round trip (its Python, libzmq's threads and the
+   kernel's work for it), so that what the protocol costs is seen on each side of the wire.
 2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
    as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
    at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
@@ -30,7 +34,10 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing as mp
+import os
+import resource
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +127,42 @@ def serve_raw(endpoint: mp.Queue, image: bool, mode: str) -> None:
             peer, *frames = p.receive(sock)
             if mode == "codec":
                 command = p.decode(frames)
-                reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq), arrays, command.session))
+                reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq, command.seq), arrays, command.session))
             p.send(sock, [peer, *reply])
+
+
+def serve_null(endpoint: mp.Queue, image: bool) -> None:
+    """The robot side at its floor, for the agent side's own cost: it decodes each message and answers it
+    as the protocol says (welcome, heartbeat, an observation for each command showing it applied, an
+    ack for the rest), and does nothing else: no checks, no clock, no safety, no log. Against it, what
+    `RemoteRobotEnv.step` takes over the codec-only ping-pong is the agent side's share of the bridge."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:0")
+    endpoint.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    spec, arrays, session = MemoryDriver(1.0, image).spec.to_wire(), observation_arrays(image), "0" * 32
+    seq = tick = 0
+    while True:
+        peer, *frames = p.receive(sock)
+        msg = p.decode(frames)
+        seq += 1
+        if msg.type == p.HELLO:
+            body = {"session": session, "spec": spec, "mode": "armed", "fault": None, "limits": {}, "echo_t_ns": msg.t_ns}
+            replies = [p.Message(p.WELCOME, seq, body, session=session)]
+        elif msg.type == p.HEARTBEAT:
+            replies = [p.Message(p.HEARTBEAT, seq, {"echo_t_ns": msg.t_ns, "echo_seq": msg.seq}, session=session)]
+            if tick == 0:  # before the first command, an observation too, as a robot's clock would have sent one
+                seq += 1
+                replies.append(p.Message(p.OBS, seq, observation_body(tick + 1, None), arrays, session))
+        elif msg.type == p.COMMAND:
+            tick = max(tick, 1) + 1
+            arrays["applied"] = msg.arrays["action"]
+            replies = [p.Message(p.OBS, seq, observation_body(tick, msg.seq), arrays, session)]
+        else:
+            replies = [p.Message(p.ACK, seq, {"ref_seq": msg.seq, "type": msg.type, "mode": "armed"}, session=session)]
+        for reply in replies:
+            p.send(sock, [peer, *p.encode(reply)])
 
 
 def observation_arrays(image: bool) -> dict[str, np.ndarray]:
@@ -131,15 +172,15 @@ def observation_arrays(image: bool) -> dict[str, np.ndarray]:
     return arrays
 
 
-def observation_body(seq: int) -> dict:
-    return {"tick": seq, "t_capture_ns": time.time_ns(), "command_seq": seq, "mode": "armed", "fault": None,
+def observation_body(tick: int, command_seq: int | None) -> dict:
+    return {"tick": tick, "t_capture_ns": time.time_ns(), "command_seq": command_seq, "mode": "armed", "fault": None,
             "watchdog": "run"}
 
 
 def observation_frames(image: bool) -> tuple[list[bytes], list[bytes]]:
     """The bytes of one bridge observation and one command, as the bridge sends them."""
     arrays = observation_arrays(image)
-    obs = [bytes(f) for f in p.encode(p.Message(p.OBS, 1, observation_body(1), arrays, "0" * 32))]
+    obs = [bytes(f) for f in p.encode(p.Message(p.OBS, 1, observation_body(1, 1), arrays, "0" * 32))]
     cmd = [bytes(f) for f in p.encode(p.Message(p.COMMAND, 1, {"obs_tick": 1}, {"action": np.zeros(2, np.float32)}, "0" * 32))]
     return obs, cmd
 
@@ -192,13 +233,17 @@ class RawPeer:
 
 
 class BridgePeer:
-    """The bridge's agent side, `RemoteRobotEnv`, against a `RobotServer` in its own process."""
+    """The bridge's agent side, `RemoteRobotEnv`, against a `RobotServer` in its own process, or, with
+    `null_robot`, against the floor robot of `serve_null`."""
 
-    def __init__(self, image: bool, control_hz: float, lockstep: bool, log: Path) -> None:
+    def __init__(self, image: bool, control_hz: float, lockstep: bool, log: Path, null_robot: bool = False) -> None:
         from robot_bridge.client import RemoteRobotEnv
         from robot_bridge.config import BridgeConfig
 
-        self.proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
+        if null_robot:
+            self.proc, endpoint = start(serve_null, image)
+        else:
+            self.proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
         self.env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
         self.env.reset()
         self.action = np.zeros(2, np.float32)
@@ -223,25 +268,68 @@ class BridgePeer:
         self.proc.terminate()
 
 
-def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[dict[str, np.ndarray], float]:
+def agent_cpu_s() -> float:
+    """CPU seconds this process has used, every thread (libzmq's included), user and kernel."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def robot_cpu_s(pid: int) -> float | None:
+    """CPU seconds the robot side's process has used, from /proc (None where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@dataclass
+class Trips:
+    """One ping-pong's round trips, and the CPU time each side spent on them."""
+
+    seconds: list[float] = field(default_factory=list)
+    agent_cpu_s: float = 0.0
+    robot_cpu_s: float | None = 0.0
+
+    def cpu_us(self) -> tuple[float, float | None]:
+        """Mean CPU µs per round trip: (agent side, robot side)."""
+        n = max(len(self.seconds), 1)
+        return 1e6 * self.agent_cpu_s / n, None if self.robot_cpu_s is None else 1e6 * self.robot_cpu_s / n
+
+
+def measure(peer: RawPeer | BridgePeer, seconds: float, trips: Trips) -> None:
+    """One slice of `peer`'s round trips, added to `trips` with both sides' CPU time."""
+    agent, robot = agent_cpu_s(), robot_cpu_s(peer.proc.pid)
+    trips.seconds.extend(peer.round_trips(seconds))
+    robot_after = robot_cpu_s(peer.proc.pid)
+    trips.agent_cpu_s += agent_cpu_s() - agent
+    if trips.robot_cpu_s is not None and robot is not None and robot_after is not None:
+        trips.robot_cpu_s += robot_after - robot
+    else:
+        trips.robot_cpu_s = None
+
+
+def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[dict[str, Trips], float]:
     """Round trips of the raw ping-pongs, the codec-only ping-pong and the bridge in lockstep, measured
     in alternation (`rounds` slices each, in a rotating order), so that a slow spell of the machine
     weighs on all of them alike; and the bridge's lockstep steps/s."""
     peers = {"raw": RawPeer(image, "pyzmq"), "lean": RawPeer(image, "lean"), "codec": RawPeer(image, "codec"),
+             "agent": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log, null_robot=True),
              "bridge": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log)}
-    samples: dict[str, list[float]] = {name: [] for name in peers}
+    trips = {name: Trips() for name in peers}
     try:
         for peer in peers.values():  # warm-up
             peer.round_trips(0.2)
         names = list(peers)
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                samples[name].extend(peers[name].round_trips(seconds / rounds))
+                measure(peers[name], seconds / rounds, trips[name])
     finally:
         for peer in peers.values():
             peer.close()
-    bridge_s = float(np.sum(samples["bridge"]))
-    return {name: np.asarray(v) for name, v in samples.items()}, len(samples["bridge"]) / bridge_s
+    bridge_s = float(np.sum(trips["bridge"].seconds))
+    return trips, len(trips["bridge"].seconds) / bridge_s
 
 
 def sustained_rate(image: bool, seconds: float, control_hz: float, log: Path) -> tuple[float, float]:
@@ -273,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "state + 64x64 image" if image else "state"
         with console.status(f"{name}: raw ping-pongs, codec-only ping-pong and bridge, in turns"):
             trips, lock_rate = round_trips(image, 3 * args.seconds, args.rounds, log)
-        raw, lean, codec, bridge = trips["raw"], trips["lean"], trips["codec"], trips["bridge"]
+        raw, lean, codec, agent, bridge = (np.asarray(trips[k].seconds) for k in ("raw", "lean", "codec", "agent", "bridge"))
         samples[name] = (raw, bridge)
         sustained = 0
         for hz in IMAGE_LADDER if image else STATE_LADDER:
@@ -284,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 sustained = hz
         row = {"payload": name, "raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
                "lean_p50_us": 1e6 * np.median(lean), "codec_p50_us": 1e6 * np.median(codec),
+               "agent_alone_p50_us": 1e6 * np.median(agent),
                "bridge_p50_us": 1e6 * np.median(bridge), "bridge_p99_us": 1e6 * np.percentile(bridge, 99),
                # the tail past p99: the log's 64 KiB writes (about one tick in 250) land here
                "raw_p999_us": 1e6 * np.percentile(raw, 99.9), "bridge_p999_us": 1e6 * np.percentile(bridge, 99.9),
@@ -293,21 +382,27 @@ def main(argv: list[str] | None = None) -> int:
         row["p99_ratio"] = row["bridge_p99_us"] / row["raw_p99_us"]
         row["p999_ratio"] = row["bridge_p999_us"] / row["raw_p999_us"]
         row["codec_p50_ratio"] = row["codec_p50_us"] / row["raw_p50_us"]
+        row["agent_alone_p50_ratio"] = row["agent_alone_p50_us"] / row["raw_p50_us"]
         row["p50_ratio_lean"] = row["bridge_p50_us"] / row["lean_p50_us"]
+        for k, t in trips.items():
+            row[f"{k}_agent_cpu_us"], row[f"{k}_robot_cpu_us"] = t.cpu_us()
         rows.append(row)
 
     table = Table(title="bridge against a raw pyzmq ping-pong of the same bytes (loopback)")
-    for col in ("payload", "raw p50 us", "lean raw p50 us", "codec only p50 us", "ratio", "bridge p50 us", "ratio",
+    for col in ("payload", "raw p50 us", "lean raw p50 us", "codec only p50 us", "ratio", "agent alone p50 us", "ratio",
+                "bridge p50 us", "ratio",
                 "vs lean", "raw p99 us", "bridge p99 us", "ratio", "p99.9 ratio", "lockstep steps/s", "sustained Hz"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['lean_p50_us']:.0f}", f"{r['codec_p50_us']:.0f}",
-                      f"{r['codec_p50_ratio']:.2f}x", f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
+                      f"{r['codec_p50_ratio']:.2f}x", f"{r['agent_alone_p50_us']:.0f}", f"{r['agent_alone_p50_ratio']:.2f}x",
+                      f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
                       f"{r['p50_ratio_lean']:.2f}x",
                       f"{r['raw_p99_us']:.0f}", f"{r['bridge_p99_us']:.0f}", f"{r['p99_ratio']:.2f}x",
                       f"{r['p999_ratio']:.2f}x",
                       f"{r['lockstep_hz']:.0f}", f"{r['sustained_hz']}")
     console.print(table)
+    console.print(cpu_table(rows))
     with open(args.out / "bridge.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -316,6 +411,24 @@ def main(argv: list[str] | None = None) -> int:
     plot(samples, args.out / "bridge.png")
     console.print(f"results: {args.out / 'bridge.csv'}, {args.out / 'bridge.png'}")
     return 0
+
+
+def cpu_table(rows: list[dict]):
+    """CPU time per round trip on each side of the wire, for every ping-pong of the round-trip run."""
+    from rich.table import Table
+
+    table = Table(title="CPU time per round trip, µs, each side's whole process (Python, libzmq's threads, kernel)")
+    table.add_column("payload")
+    for k in ("raw", "lean", "codec", "agent", "bridge"):
+        table.add_column(f"{k}: agent", justify="right")
+        table.add_column(f"{k}: robot", justify="right")
+    for r in rows:
+        cells = []
+        for k in ("raw", "lean", "codec", "agent", "bridge"):
+            cells += [f"{r[f'{k}_{side}_cpu_us']:.0f}" if r[f"{k}_{side}_cpu_us"] is not None else "-"
+                      for side in ("agent", "robot")]
+        table.add_row(r["payload"], *cells)
+    return table
 
 
 def plot(samples: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:

@@ -106,9 +106,11 @@ def test_bridge_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch, capsy
     assert [r["payload"] for r in table] == ["state", "state + 64x64 image"]
     for r in table:  # numbers are measured, not asserted: only that each was taken
         assert float(r["raw_p50_us"]) > 0 and float(r["lean_p50_us"]) > 0 and float(r["codec_p50_us"]) > 0
-        assert float(r["bridge_p50_us"]) > 0
+        assert float(r["bridge_p50_us"]) > 0 and float(r["agent_alone_p50_us"]) > 0
         assert float(r["bridge_max_us"]) >= float(r["bridge_p999_us"]) >= float(r["bridge_p99_us"]) > 0
         assert float(r["lockstep_hz"]) > 0
+        for k in ("raw", "agent", "bridge"):  # each side's CPU time, read from this process and from /proc
+            assert float(r[f"{k}_agent_cpu_us"]) > 0 and float(r[f"{k}_robot_cpu_us"]) > 0
     assert (tmp_path / "bridge.png").stat().st_size > 0 and not (tmp_path / "server.jsonl").exists()
 
 
@@ -133,3 +135,15 @@ def test_offline_pretrain_benchmark_runs_source_offline_and_both_online_runs(tmp
     assert (tmp_path / "offline" / "checkpoint.safetensors").is_file()
     pretrained = [r for r in table if r["start"] == "offline brain"]
     assert len(pretrained) == 2
+
+
+def test_brain_speed_measures_the_machine_then_both_world_models(monkeypatch, capsys):
+    brain_speed = load("brain_speed")
+    tiny = [o for o in TINY if not o.startswith(("env.", "run."))]
+    monkeypatch.setattr(sys, "argv", ["brain_speed.py", "--repeats", "2", "--config", str(ROOT / "configs/dmc.yaml"),
+                                      "--state", "6", *tiny])
+    brain_speed.main()
+    out = capsys.readouterr().out
+    limits = out.splitlines()[0]
+    assert limits.startswith("this CPU") and "GFLOP/s" in limits
+    assert "| cpu | MoE |" in out and "| cpu | dense twin |" in out
