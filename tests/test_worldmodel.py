@@ -58,6 +58,22 @@ def test_shapes_through_every_head(dense):
     assert (stats == {}) if dense else set(stats) == {"moe_max_load", "moe_entropy", "moe_dropped"}
 
 
+def test_q_of_chosen_heads_is_those_heads_of_the_whole_ensemble():
+    # the learner's TD target runs only the 2 heads it takes the lower of; they must be the same numbers
+    torch.manual_seed(0)
+    model = WorldModel({"proprio": (6,)}, action_dim=2, cfg=small_config())
+    for p in [*model.q_heads.parameters(), *model.target_q.parameters()]:  # the last layers start at 0
+        p.data.normal_(0, 0.3)
+    z, a = torch.randn(7, 32).softmax(-1), torch.rand(7, 2) * 2 - 1
+    heads = torch.tensor([3, 1])
+    with torch.no_grad():
+        for target in (False, True):
+            q_all = model.q(z, a, target=target)
+            # equal but for the last bits: a batched matmul of 2 matrices may split its work unlike one of 5
+            assert torch.allclose(model.q(z, a, target=target, heads=heads), q_all[heads], rtol=1e-5, atol=1e-6)
+            assert not torch.allclose(q_all[3], q_all[1], rtol=1e-2, atol=1e-2)
+
+
 def test_state_only_observations_build_a_model_without_decoder():
     model = WorldModel({"proprio": (5,)}, 1, small_config())
     z = model.encode({"proprio": torch.randn(4, 5)})

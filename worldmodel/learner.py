@@ -126,9 +126,8 @@ class Learner:
             later = {k: v[:, 1:].reshape(b * h, *v.shape[2:]) for k, v in batch.obs.items()}
             z_next = model.encode(later).reshape(b, h, -1)
             pi_next = model.policy(z_next.reshape(b * h, -1))
-            q_next = model.q(z_next.reshape(b * h, -1), pi_next, target=True)
-            pick = torch.randperm(q_next.shape[0])[:2]
-            q_next = q_next[pick].min(0).values.reshape(b, h)
+            pick = torch.randperm(model.cfg.num_q)[:2]  # TD-MPC2's target: the lower of 2 random heads
+            q_next = model.q(z_next.reshape(b * h, -1), pi_next, target=True, heads=pick).min(0).values.reshape(b, h)
             td_target = n_step_targets(batch.reward, batch.terminated, q_next, cfg.discount, cfg.td_steps)
 
         z = model.encode(obs0)

@@ -176,10 +176,14 @@ class QEnsemble(nn.Module):
             if i < len(sizes) - 2:
                 self.norms.append(nn.LayerNorm(b))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d_in) -> (Q, B, d_out)."""
-        h = x.unsqueeze(0).expand(len(self.weights[0]), -1, -1)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d_in) -> (Q, B, d_out); with `heads` (indices), only those heads' outputs (len(heads), B, d_out)."""
+        weights, biases = list(self.weights), list(self.biases)
+        if heads is not None:  # the other heads are not computed at all
+            weights = [w.index_select(0, heads) for w in weights]
+            biases = [b.index_select(0, heads) for b in biases]
+        h = x.unsqueeze(0).expand(len(weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b, h, w)
             if i < len(self.norms):
                 h = F.silu(self.norms[i](h))
@@ -247,14 +251,15 @@ class WorldModel(nn.Module):
         """(B, Z), (B, A) -> predicted reward (B,)."""
         return self.scalar(self.reward_logits(z, a))
 
-    def q_logits(self, z: torch.Tensor, a: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """(B, Z), (B, A) -> every Q head's output (Q, B, bins), as for the reward."""
-        heads = self.target_q if target else self.q_heads
-        return heads(torch.cat([z, a], -1))
+    def q_logits(self, z: torch.Tensor, a: torch.Tensor, target: bool = False,
+                 heads: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Z), (B, A) -> every Q head's output (Q, B, bins), as for the reward; only `heads` if given."""
+        ensemble = self.target_q if target else self.q_heads
+        return ensemble(torch.cat([z, a], -1), heads)
 
-    def q(self, z: torch.Tensor, a: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """(B, Z), (B, A) -> every head's Q (Q, B)."""
-        return self.scalar(self.q_logits(z, a, target))
+    def q(self, z: torch.Tensor, a: torch.Tensor, target: bool = False, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Z), (B, A) -> every head's Q (Q, B), or only those of `heads` (indices)."""
+        return self.scalar(self.q_logits(z, a, target, heads))
 
     def scalar_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of head outputs (..., bins or 1) against scalar targets broadcast to (...)."""
