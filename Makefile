@@ -5,11 +5,12 @@
 
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
-SYS_PKGS := python3 python3-venv libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libportaudio2
+SYS_PKGS := python3 python3-venv libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libportaudio2 \
+            g++ make libzmq3-dev libmsgpack-dev
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MUJOCO_GL ?= egl
 
-.PHONY: setup system-packages run test clean
+.PHONY: setup system-packages run test robot-server-cpp clean
 setup: system-packages $(VENV)/.installed
 
 system-packages:
@@ -35,5 +36,9 @@ run: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# the C++ robot-side server (robot_bridge/cpp): robot_bridge/cpp/build/omniloop-robot-server
+robot-server-cpp: system-packages
+	$(MAKE) -C robot_bridge/cpp
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache robot_bridge/cpp/build

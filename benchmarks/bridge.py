@@ -1,32 +1,33 @@
 """What the robot bridge costs, against a raw pyzmq ping-pong of the same bytes, in one run.
 
-    python benchmarks/bridge.py                      # about 3 minutes on 2 cores
+    python benchmarks/bridge.py                      # about 5 minutes on 2 cores
     python benchmarks/bridge.py --seconds 5 --out runs/bench/bridge
 
-The robot side runs in its own process, as it would on a robot: `omniloop robot-server`'s
-`RobotServer` with a driver whose sensors and actuators are memory, so that only the bridge is
-measured (protocol checks, safety, the control clock, the client's Gymnasium step). The agent side is
-`RemoteRobotEnv.step`, the call the loop makes. Two payloads: state only (8 proprio floats), and state
-with a 64x64x3 image.
+The robot side runs in its own process, as it would on a robot, with a driver whose sensors and
+actuators are memory, so that only the bridge is measured (protocol checks, safety, the control
+clock, the client's Gymnasium step): `omniloop robot-server`'s `RobotServer` in Python, and the C++
+server of robot_bridge/cpp (built here with make if it is not). The agent side is
+`RemoteRobotEnv.step`, the call the loop makes. Two payloads: state only (8 proprio floats), and
+state with a 64x64x3 image.
 
 1. Round trip, observation plus command: the server runs in lockstep (it ticks as soon as a command
    arrives); one step = command out, the robot applies it, reads, and sends the observation that
    shows it applied. The baseline is a ROUTER/DEALER ping-pong of the same bytes with no protocol at
    all, through pyzmq's `send_multipart`/`recv_multipart`: the command message out, the observation
-   message back. The targets are ratios to it. "Lean raw" is the same ping-pong through the socket
-   calls the bridge itself makes (`protocol.send`/`receive`, a few microseconds cheaper): the bridge's
-   ratio to it is what the protocol and safety cost alone. "Codec only" adds the protocol's encoding
-   and decoding on both sides: the floor under any bridge that speaks this protocol from Python,
-   before a single check. "Agent alone" is `RemoteRobotEnv.step` against a robot side that only
-   decodes and answers (`serve_null`): what a robot-side server costing nothing beyond the codec would
-   leave, the agent side's own share. All five are measured in turns (`--rounds` slices each, in a
-   rotating order), so that a slow spell of the machine weighs on all of them alike. Beside each round trip, the
-   CPU time that each side's process spent per round trip (its Python, libzmq's threads and the
-   kernel's work for it), so that what the protocol costs is seen on each side of the wire.
-2. Sustained control rate: the server runs its fixed-rate clock at a target rate and the agent steps
-   as fast as it can; a rate is sustained when at least 99 % of the steps see their command applied
-   at the next tick and the achieved rate is within 2 % of the target. The highest sustained target
-   of a ladder is reported, and the lockstep rate (the ceiling).
+   message back. The targets are ratios to it. Beside it:
+   - "lean raw": the same ping-pong through the socket calls the bridge itself makes
+     (`protocol.send`/`receive`, a few microseconds cheaper);
+   - "codec only": lean raw plus the protocol's encoding and decoding on both sides, the floor under
+     any bridge that speaks this protocol from Python on both sides, before a single check;
+   - "agent alone": `RemoteRobotEnv.step` against a Python robot side that only decodes and answers
+     (`serve_null`), the agent side's own share over the codec.
+   All six are measured in turns (`--rounds` slices each, in a rotating order), so that a slow spell
+   of the machine weighs on all of them alike; with each, the CPU time that each side's process spent
+   per round trip (its Python or C++, libzmq's threads and the kernel's work for it).
+2. Sustained control rate, with each server: it runs its fixed-rate clock at a target rate and the
+   agent steps as fast as it can; a rate is sustained when at least 99 % of the steps see their
+   command applied at the next tick and the achieved rate is within 2 % of the target. The highest
+   sustained target of a ladder is reported, and the lockstep rate (the ceiling).
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ import argparse
 import csv
 import multiprocessing as mp
 import os
+import re
 import resource
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from robot_bridge import protocol as p
 from robot_bridge.driver import Driver
 from robot_bridge.spec import Feature, RobotSpec
 
+CPP_SERVER = Path(__file__).resolve().parents[1] / "robot_bridge" / "cpp" / "build" / "omniloop-robot-server"
 STATE_LADDER = (250, 500, 1000, 2000, 4000)
 IMAGE_LADDER = (50, 100, 200, 500, 1000, 2000)
 # In lockstep a command starts the tick, whatever the clock. Between its slices of the round-trip
@@ -232,16 +238,39 @@ class RawPeer:
         self.proc.terminate()
 
 
-class BridgePeer:
-    """The bridge's agent side, `RemoteRobotEnv`, against a `RobotServer` in its own process, or, with
-    `null_robot`, against the floor robot of `serve_null`."""
+def start_cpp(control_hz: float, image: bool, lockstep: bool, log: str) -> tuple[subprocess.Popen, str]:
+    """The C++ robot server (robot_bridge/cpp) with its memory driver, as `serve_bridge` runs the Python one:
+    armed, every command and applied action logged, no rate limit."""
+    cmd = [str(CPP_SERVER), "--driver", "memory", "--hz", str(control_hz), "--bind", "tcp://127.0.0.1:0", "--log", log,
+           "--start-armed", "--max-command-hz", "1e6", "--safe-after-s", "60", *(["--image"] if image else []),
+           *(["--lockstep"] if lockstep else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    found = re.search(r" at (tcp://\S+?): ", proc.stdout.readline())
+    if not found:
+        proc.kill()
+        raise RuntimeError(f"the C++ robot server did not start: {proc.stderr.read()}")
+    return proc, found.group(1)
 
-    def __init__(self, image: bool, control_hz: float, lockstep: bool, log: Path, null_robot: bool = False) -> None:
+
+def build_cpp_server() -> None:
+    """Build the C++ robot server (make rebuilds it only when a source changed)."""
+    done = subprocess.run(["make", "-s", "-C", str(CPP_SERVER.parents[1])], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"building the C++ robot server failed (`make setup` installs what it needs):\n{done.stderr}")
+
+
+class BridgePeer:
+    """The bridge's agent side, `RemoteRobotEnv`, against a robot side in its own process: the Python
+    `RobotServer` (`robot="python"`), the C++ server (`"cpp"`), or the floor robot of `serve_null` (`"null"`)."""
+
+    def __init__(self, image: bool, control_hz: float, lockstep: bool, log: Path, robot: str = "python") -> None:
         from robot_bridge.client import RemoteRobotEnv
         from robot_bridge.config import BridgeConfig
 
-        if null_robot:
+        if robot == "null":
             self.proc, endpoint = start(serve_null, image)
+        elif robot == "cpp":
+            self.proc, endpoint = start_cpp(control_hz, image, lockstep, str(log))
         else:
             self.proc, endpoint = start(serve_bridge, control_hz, image, lockstep, str(log))
         self.env = RemoteRobotEnv(BridgeConfig(connect=endpoint, arm=False, max_obs_age_s=1.0))
@@ -310,13 +339,14 @@ def measure(peer: RawPeer | BridgePeer, seconds: float, trips: Trips) -> None:
         trips.robot_cpu_s = None
 
 
-def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[dict[str, Trips], float]:
-    """Round trips of the raw ping-pongs, the codec-only ping-pong and the bridge in lockstep, measured
-    in alternation (`rounds` slices each, in a rotating order), so that a slow spell of the machine
-    weighs on all of them alike; and the bridge's lockstep steps/s."""
+def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> dict[str, Trips]:
+    """Round trips of the raw ping-pongs, the codec-only ping-pong, the agent side alone and the bridge
+    with either server in lockstep, measured in alternation (`rounds` slices each, in a rotating order),
+    so that a slow spell of the machine weighs on all of them alike."""
     peers = {"raw": RawPeer(image, "pyzmq"), "lean": RawPeer(image, "lean"), "codec": RawPeer(image, "codec"),
-             "agent": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log, null_robot=True),
-             "bridge": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log)}
+             "agent_alone": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log, robot="null"),
+             "bridge": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log),
+             "cpp": BridgePeer(image, LOCKSTEP_CLOCK_HZ, lockstep=True, log=log, robot="cpp")}
     trips = {name: Trips() for name in peers}
     try:
         for peer in peers.values():  # warm-up
@@ -328,14 +358,13 @@ def round_trips(image: bool, seconds: float, rounds: int, log: Path) -> tuple[di
     finally:
         for peer in peers.values():
             peer.close()
-    bridge_s = float(np.sum(trips["bridge"].seconds))
-    return trips, len(trips["bridge"].seconds) / bridge_s
+    return trips
 
 
-def sustained_rate(image: bool, seconds: float, control_hz: float, log: Path) -> tuple[float, float]:
+def sustained_rate(image: bool, seconds: float, control_hz: float, log: Path, robot: str) -> tuple[float, float]:
     """The server on its fixed clock at `control_hz`, the agent stepping as fast as it can:
     (achieved steps/s, share of steps whose command was applied at the next tick)."""
-    peer = BridgePeer(image, control_hz, lockstep=False, log=log)
+    peer = BridgePeer(image, control_hz, lockstep=False, log=log, robot=robot)
     try:
         peer.steps(0.1)  # warm-up
         _, rate, share = peer.steps(seconds)
@@ -351,57 +380,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bridge"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=170)
+    build_cpp_server()
     rows, samples = [], {}
     log = args.out / "server.jsonl"  # only its cost matters here: removed at the end
     for image in (False, True):
         name = "state + 64x64 image" if image else "state"
-        with console.status(f"{name}: raw ping-pongs, codec-only ping-pong and bridge, in turns"):
-            trips, lock_rate = round_trips(image, 3 * args.seconds, args.rounds, log)
-        raw, lean, codec, agent, bridge = (np.asarray(trips[k].seconds) for k in ("raw", "lean", "codec", "agent", "bridge"))
-        samples[name] = (raw, bridge)
-        sustained = 0
-        for hz in IMAGE_LADDER if image else STATE_LADDER:
-            with console.status(f"{name}: fixed clock at {hz} Hz"):
-                rate, share = sustained_rate(image, args.seconds, float(hz), log)
-            console.print(f"{name}: target {hz} Hz -> {rate:.0f} steps/s, {share:.1%} applied at the next tick")
-            if share >= 0.99 and rate >= 0.98 * hz:
-                sustained = hz
-        row = {"payload": name, "raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
-               "lean_p50_us": 1e6 * np.median(lean), "codec_p50_us": 1e6 * np.median(codec),
-               "agent_alone_p50_us": 1e6 * np.median(agent),
-               "bridge_p50_us": 1e6 * np.median(bridge), "bridge_p99_us": 1e6 * np.percentile(bridge, 99),
-               # the tail past p99: the log's 64 KiB writes (about one tick in 250) land here
-               "raw_p999_us": 1e6 * np.percentile(raw, 99.9), "bridge_p999_us": 1e6 * np.percentile(bridge, 99.9),
-               "raw_max_us": 1e6 * raw.max(), "bridge_max_us": 1e6 * bridge.max(),
-               "lockstep_hz": lock_rate, "sustained_hz": sustained}
-        row["p50_ratio"] = row["bridge_p50_us"] / row["raw_p50_us"]
-        row["p99_ratio"] = row["bridge_p99_us"] / row["raw_p99_us"]
-        row["p999_ratio"] = row["bridge_p999_us"] / row["raw_p999_us"]
-        row["codec_p50_ratio"] = row["codec_p50_us"] / row["raw_p50_us"]
-        row["agent_alone_p50_ratio"] = row["agent_alone_p50_us"] / row["raw_p50_us"]
-        row["p50_ratio_lean"] = row["bridge_p50_us"] / row["lean_p50_us"]
+        with console.status(f"{name}: raw ping-pongs, codec only, agent alone and both servers, in turns"):
+            trips = round_trips(image, 3 * args.seconds, args.rounds, log)
+        row = {"payload": name}
+        times = {k: np.asarray(t.seconds) for k, t in trips.items()}
+        raw = times["raw"]
+        row.update({"raw_p50_us": 1e6 * np.median(raw), "raw_p99_us": 1e6 * np.percentile(raw, 99),
+                    "raw_p999_us": 1e6 * np.percentile(raw, 99.9), "raw_max_us": 1e6 * raw.max()})
+        for k in ("lean", "codec", "agent_alone", "bridge", "cpp"):
+            row[f"{k}_p50_us"] = 1e6 * np.median(times[k])
+            row[f"{k}_p50_ratio"] = row[f"{k}_p50_us"] / row["raw_p50_us"]
+        for k in SERVERS:
+            # the tail past p99: the Python server's log writes of 64 KiB (about one tick in 250) land here
+            row.update({f"{k}_p99_us": 1e6 * np.percentile(times[k], 99), f"{k}_p999_us": 1e6 * np.percentile(times[k], 99.9),
+                        f"{k}_max_us": 1e6 * times[k].max(), f"{k}_lockstep_hz": len(times[k]) / float(np.sum(times[k]))})
+            row[f"{k}_p99_ratio"] = row[f"{k}_p99_us"] / row["raw_p99_us"]
+            row[f"{k}_p999_ratio"] = row[f"{k}_p999_us"] / row["raw_p999_us"]
+            row[f"{k}_sustained_hz"] = 0
+            for hz in IMAGE_LADDER if image else STATE_LADDER:
+                with console.status(f"{name}, {SERVERS[k]}: fixed clock at {hz} Hz"):
+                    rate, share = sustained_rate(image, args.seconds, float(hz), log, "python" if k == "bridge" else k)
+                console.print(f"{name}, {SERVERS[k]}: target {hz} Hz -> {rate:.0f} steps/s, "
+                              f"{share:.1%} applied at the next tick")
+                if share >= 0.99 and rate >= 0.98 * hz:
+                    row[f"{k}_sustained_hz"] = hz
         for k, t in trips.items():
             row[f"{k}_agent_cpu_us"], row[f"{k}_robot_cpu_us"] = t.cpu_us()
+        samples[name] = (raw, times["bridge"], times["cpp"])
         rows.append(row)
 
-    table = Table(title="bridge against a raw pyzmq ping-pong of the same bytes (loopback)")
-    for col in ("payload", "raw p50 us", "lean raw p50 us", "codec only p50 us", "ratio", "agent alone p50 us", "ratio",
-                "bridge p50 us", "ratio",
-                "vs lean", "raw p99 us", "bridge p99 us", "ratio", "p99.9 ratio", "lockstep steps/s", "sustained Hz"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r["payload"], f"{r['raw_p50_us']:.0f}", f"{r['lean_p50_us']:.0f}", f"{r['codec_p50_us']:.0f}",
-                      f"{r['codec_p50_ratio']:.2f}x", f"{r['agent_alone_p50_us']:.0f}", f"{r['agent_alone_p50_ratio']:.2f}x",
-                      f"{r['bridge_p50_us']:.0f}", f"{r['p50_ratio']:.2f}x",
-                      f"{r['p50_ratio_lean']:.2f}x",
-                      f"{r['raw_p99_us']:.0f}", f"{r['bridge_p99_us']:.0f}", f"{r['p99_ratio']:.2f}x",
-                      f"{r['p999_ratio']:.2f}x",
-                      f"{r['lockstep_hz']:.0f}", f"{r['sustained_hz']}")
-    console.print(table)
+    console.print(median_table(rows))
+    console.print(tail_table(rows))
     console.print(cpu_table(rows))
     with open(args.out / "bridge.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -413,33 +428,66 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_table(rows: list[dict]):
-    """CPU time per round trip on each side of the wire, for every ping-pong of the round-trip run."""
-    from rich.table import Table
+SERVERS = {"bridge": "Python server", "cpp": "C++ server"}
+PING_PONGS = {"raw": "raw", "lean": "lean raw", "codec": "codec only", "agent_alone": "agent alone",
+              "bridge": "bridge, Python server", "cpp": "bridge, C++ server"}
 
+
+def median_table(rows: list[dict]) -> Table:
+    """Median round trips, and each one's ratio to the raw pyzmq ping-pong's."""
+    table = Table(title="round trip p50, µs (ratio to raw): the bridge against a raw pyzmq ping-pong of the same bytes")
+    table.add_column("payload")
+    for label in PING_PONGS.values():
+        table.add_column(label, justify="right")
+    for r in rows:
+        cells = [f"{r['raw_p50_us']:.0f}"] + [f"{r[f'{k}_p50_us']:.0f} ({r[f'{k}_p50_ratio']:.2f}x)" for k in list(PING_PONGS)[1:]]
+        table.add_row(r["payload"], *cells)
+    return table
+
+
+def tail_table(rows: list[dict]) -> Table:
+    """The tail of the round trips, and the control rates, with either server."""
+    table = Table(title="tail and control rate, by robot-side server")
+    table.add_column("payload")
+    table.add_column("raw p99 µs", justify="right")
+    for label in SERVERS.values():
+        for col in ("p99 µs", "p99.9 ratio", "lockstep steps/s", "sustained Hz"):
+            table.add_column(f"{label}: {col}", justify="right")
+    for r in rows:
+        cells = [f"{r['raw_p99_us']:.0f}"]
+        for k in SERVERS:
+            cells += [f"{r[f'{k}_p99_us']:.0f} ({r[f'{k}_p99_ratio']:.2f}x)", f"{r[f'{k}_p999_ratio']:.2f}x",
+                      f"{r[f'{k}_lockstep_hz']:.0f}", f"{r[f'{k}_sustained_hz']}"]
+        table.add_row(r["payload"], *cells)
+    return table
+
+
+def cpu_table(rows: list[dict]) -> Table:
+    """CPU time per round trip on each side of the wire, for every ping-pong of the round-trip run."""
     table = Table(title="CPU time per round trip, µs, each side's whole process (Python, libzmq's threads, kernel)")
     table.add_column("payload")
-    for k in ("raw", "lean", "codec", "agent", "bridge"):
-        table.add_column(f"{k}: agent", justify="right")
-        table.add_column(f"{k}: robot", justify="right")
+    for label in PING_PONGS.values():
+        table.add_column(f"{label}: agent", justify="right")
+        table.add_column(f"{label}: robot", justify="right")
     for r in rows:
         cells = []
-        for k in ("raw", "lean", "codec", "agent", "bridge"):
+        for k in PING_PONGS:
             cells += [f"{r[f'{k}_{side}_cpu_us']:.0f}" if r[f"{k}_{side}_cpu_us"] is not None else "-"
                       for side in ("agent", "robot")]
         table.add_row(r["payload"], *cells)
     return table
 
 
-def plot(samples: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+def plot(samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(samples), figsize=(5 * len(samples), 3.6))
-    for ax, (name, (raw, bridge)) in zip(np.atleast_1d(axes), samples.items()):
-        for label, data in (("raw pyzmq ping-pong", raw), ("bridge step (RemoteRobotEnv)", bridge)):
+    for ax, (name, (raw, bridge, cpp)) in zip(np.atleast_1d(axes), samples.items()):
+        for label, data in (("raw pyzmq ping-pong", raw), ("bridge step, Python server", bridge),
+                            ("bridge step, C++ server", cpp)):
             xs = np.sort(data) * 1e6
             ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=label)
         ax.set_xscale("log")

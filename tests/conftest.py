@@ -17,12 +17,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Server:
-    """`omniloop robot-server` in its own process, on a free loopback port."""
+PYTHON_SERVER = [sys.executable, "-m", "agent.cli", "robot-server"]
+CPP_DIR = ROOT / "robot_bridge" / "cpp"
 
-    def __init__(self, tmp_path: Path, *args: str, bind: str = "tcp://127.0.0.1:0") -> None:
+
+class Server:
+    """`omniloop robot-server` (or the C++ server, as `program`) in its own process, on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, *args: str, bind: str = "tcp://127.0.0.1:0", program: list[str] = PYTHON_SERVER) -> None:
         self.log = tmp_path / f"server-{time.monotonic_ns()}.jsonl"
-        cmd = [sys.executable, "-m", "agent.cli", "robot-server", "--bind", bind, "--log", str(self.log), *args]
+        cmd = [*program, "--bind", bind, "--log", str(self.log), *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         found = re.search(r" at (tcp://\S+?): ", line)
@@ -58,3 +62,11 @@ def server(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def cpp_server() -> Path:
+    """The C++ robot server, built from robot_bridge/cpp (make rebuilds it only when a source changed)."""
+    done = subprocess.run(["make", "-s", "-C", str(CPP_DIR)], capture_output=True, text=True)
+    assert done.returncode == 0, f"building the C++ robot server failed:\n{done.stdout}{done.stderr}"
+    return CPP_DIR / "build" / "omniloop-robot-server"

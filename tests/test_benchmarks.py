@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +107,13 @@ def test_bridge_benchmark_writes_its_table_and_plot(tmp_path, monkeypatch, capsy
     table = rows(tmp_path / "bridge.csv")
     assert [r["payload"] for r in table] == ["state", "state + 64x64 image"]
     for r in table:  # numbers are measured, not asserted: only that each was taken
-        assert float(r["raw_p50_us"]) > 0 and float(r["lean_p50_us"]) > 0 and float(r["codec_p50_us"]) > 0
-        assert float(r["bridge_p50_us"]) > 0 and float(r["agent_alone_p50_us"]) > 0
-        assert float(r["bridge_max_us"]) >= float(r["bridge_p999_us"]) >= float(r["bridge_p99_us"]) > 0
-        assert float(r["lockstep_hz"]) > 0
-        for k in ("raw", "agent", "bridge"):  # each side's CPU time, read from this process and from /proc
+        assert float(r["raw_p50_us"]) > 0
+        for k in ("lean", "codec", "agent_alone", "bridge", "cpp"):
+            assert float(r[f"{k}_p50_us"]) > 0
+        for k in ("bridge", "cpp"):  # the Python and the C++ robot server
+            assert float(r[f"{k}_max_us"]) >= float(r[f"{k}_p999_us"]) >= float(r[f"{k}_p99_us"]) > 0
+            assert float(r[f"{k}_lockstep_hz"]) > 0
+        for k in ("raw", "agent_alone", "bridge", "cpp"):  # each side's CPU time, from this process and from /proc
             assert float(r[f"{k}_agent_cpu_us"]) > 0 and float(r[f"{k}_robot_cpu_us"]) > 0
     assert (tmp_path / "bridge.png").stat().st_size > 0 and not (tmp_path / "server.jsonl").exists()
 
@@ -147,3 +151,14 @@ def test_brain_speed_measures_the_machine_then_both_world_models(monkeypatch, ca
     limits = out.splitlines()[0]
     assert limits.startswith("this CPU") and "GFLOP/s" in limits
     assert "| cpu | MoE |" in out and "| cpu | dense twin |" in out
+
+
+def test_bridge_benchmark_reads_a_process_cpu_time_from_proc_as_the_process_itself_counts_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bridge = load("bridge")
+    own, proc = bridge.agent_cpu_s(), bridge.robot_cpu_s(os.getpid())
+    end = time.process_time() + 0.2
+    while time.process_time() < end:  # burn 0.2 s of CPU
+        pass
+    tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc counts in clock ticks
+    assert abs((bridge.robot_cpu_s(os.getpid()) - proc) - (bridge.agent_cpu_s() - own)) <= 2 * tick + 0.02

@@ -64,6 +64,28 @@ class RawPeer:
         return welcome
 
 
+# The safety rules hold on both robot-side servers: the Python one (the sim arm, without its camera) and
+# the C++ one (robot_bridge/cpp, its memory arm). Both arms take 2 actions in [-1, 1] at 20 Hz and hold
+# with zero, so the same test reads the same numbers from either.
+CPP_SAFETY_FLAGS = {"max_delta": "--max-delta", "max_command_hz": "--max-command-hz", "safe_after_s": "--safe-after-s"}
+
+
+@pytest.fixture(params=["python", "cpp"])
+def robot(request, server):
+    """Start a robot server: robot(*extra_args, bind=..., **safety), e.g. robot(max_delta=0.5)."""
+    if request.param == "python":
+        def start(*extra: str, bind: str = "tcp://127.0.0.1:0", **safety):
+            return server("--driver", "sim", "driver_options.pixels=false",
+                          *[f"safety.{k}={v}" for k, v in safety.items()], *extra, bind=bind)
+    else:
+        program = [str(request.getfixturevalue("cpp_server"))]
+
+        def start(*extra: str, bind: str = "tcp://127.0.0.1:0", **safety):
+            flags = [x for k, v in safety.items() for x in (CPP_SAFETY_FLAGS[k], str(v))]
+            return server("--driver", "memory", "--hz", "20", *flags, *extra, bind=bind, program=program)
+    return start
+
+
 # ---- the agent learns through the bridge --------------------------------------------------------
 
 SMALL = ["run.seed_steps=100", "run.warmup_updates=20", "learner.batch_size=16", "planner.samples=64",
@@ -112,8 +134,8 @@ while True:
 """
 
 
-def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(server):
-    srv = server("--driver", "sim")
+def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(robot):
+    srv = robot()
     agent = subprocess.Popen([sys.executable, "-c", AGENT, srv.endpoint], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert agent.stdout.readline().strip() == "driving"
     time.sleep(0.5)
@@ -138,8 +160,8 @@ def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(server
 
 # ---- malformed messages --------------------------------------------------------------------------
 
-def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_stays_up(server):
-    srv = server("--driver", "sim", "driver_options.pixels=false")
+def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_stays_up(robot):
+    srv = robot()
     peer = RawPeer(srv.endpoint)
     peer.hello()
     peer.send(peer.message(p.ARM))
@@ -184,8 +206,8 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
 
 # ---- limits, faults, modes -----------------------------------------------------------------------
 
-def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(server):
-    srv = server("--driver", "sim", "driver_options.pixels=false", "safety.max_delta=0.5")
+def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(robot):
+    srv = robot(max_delta=0.5)
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint, normalize_actions=False))
     env.reset()
     reported = {}
@@ -202,8 +224,8 @@ def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(server)
             assert np.allclose(reported[e["tick"]], e["action"])
 
 
-def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes(server):
-    srv = server("--driver", "sim", "driver_options.pixels=false")
+def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes(robot):
+    srv = robot()
     client = RobotClient(BridgeConfig(connect=srv.endpoint))
     client.connect()
     assert client.mode == "disarmed"  # the server starts read-only
@@ -233,8 +255,8 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
     client.close()
 
 
-def test_commands_faster_than_the_rate_limit_are_dropped(server):
-    srv = server("--driver", "sim", "driver_options.pixels=false", "safety.max_command_hz=20")
+def test_commands_faster_than_the_rate_limit_are_dropped(robot):
+    srv = robot(max_command_hz=20)
     client = RobotClient(BridgeConfig(connect=srv.endpoint))
     client.connect()
     client.request(p.ARM)
@@ -246,13 +268,13 @@ def test_commands_faster_than_the_rate_limit_are_dropped(server):
     client.close()
 
 
-def test_the_client_reconnects_after_the_server_restarts(server, tmp_path):
-    srv = server("--driver", "sim", "driver_options.pixels=false")
+def test_the_client_reconnects_after_the_server_restarts(robot):
+    srv = robot()
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint, step_timeout_s=0.5, reconnect_tries=20))
     env.reset()
     env.step(np.zeros(2, np.float32))
     srv.stop()
-    again = server("--driver", "sim", "driver_options.pixels=false", bind=srv.endpoint)
+    again = robot(bind=srv.endpoint)
     for _ in range(3):
         _, _, _, _, info = env.step(np.array([0.1, 0.1], np.float32))
         if info["command_applied"]:
@@ -264,12 +286,12 @@ def test_the_client_reconnects_after_the_server_restarts(server, tmp_path):
 
 # ---- security ------------------------------------------------------------------------------------
 
-def test_a_client_with_an_unknown_key_is_refused(server, tmp_path):
+def test_a_client_with_an_unknown_key_is_refused(robot, tmp_path):
     from agent.cli import main
 
     assert main(["keys", "generate", str(tmp_path / "keys")]) == 0
     assert main(["keys", "generate", str(tmp_path / "stranger")]) == 0
-    srv = server("--driver", "sim", "driver_options.pixels=false", "--keys", str(tmp_path / "keys"))
+    srv = robot("--keys", str(tmp_path / "keys"))
     keys, stranger = tmp_path / "keys", tmp_path / "stranger"
     bad = BridgeConfig(connect=srv.endpoint, server_key=str(keys / "server.key"),
                        client_key=str(stranger / "client.key_secret"), connect_timeout_s=1.0)
@@ -285,9 +307,11 @@ def test_a_client_with_an_unknown_key_is_refused(server, tmp_path):
         RobotClient(BridgeConfig(connect=srv.endpoint, connect_timeout_s=0.5)).connect()
 
 
-def test_binding_beyond_loopback_without_keys_is_refused_unless_insecure(tmp_path):
-    cmd = [sys.executable, "-m", "agent.cli", "robot-server", "--driver", "sim", "--bind", "tcp://0.0.0.0:0",
-           "--log", str(tmp_path / "log.jsonl")]
+@pytest.mark.parametrize("program", ["python", "cpp"])
+def test_binding_beyond_loopback_without_keys_is_refused_unless_insecure(program, tmp_path, request):
+    start = ([sys.executable, "-m", "agent.cli", "robot-server", "--driver", "sim"] if program == "python"
+             else [str(request.getfixturevalue("cpp_server")), "--driver", "memory"])
+    cmd = [*start, "--bind", "tcp://0.0.0.0:0", "--log", str(tmp_path / "log.jsonl")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--insecure" in done.stderr and "tcp://0.0.0.0:0" in done.stderr
 
@@ -424,8 +448,8 @@ def test_a_users_driver_composes_with_a_camera_and_its_failure_latches_a_fault(s
     env.close()
 
 
-def test_after_a_watchdog_disarm_the_agent_re_arms_and_a_stale_observation_is_held_on(server):
-    srv = server("--driver", "sim", "driver_options.pixels=false", "safety.safe_after_s=0.3")
+def test_after_a_watchdog_disarm_the_agent_re_arms_and_a_stale_observation_is_held_on(robot):
+    srv = robot(safe_after_s=0.3)
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint))
     env.reset()
     _, _, _, _, info = env.step(np.array([0.3, 0.3], np.float32))
@@ -434,7 +458,7 @@ def test_after_a_watchdog_disarm_the_agent_re_arms_and_a_stale_observation_is_he
     assert time.monotonic() > info["stale_at"]  # what the loop checks before it plans: too old now
     obs, info = env.reset(options={"hold": True})  # the loop's answer: hold, and take a fresh observation
     assert info["command_applied"] and info["mode"] == "armed" and not info["stale"]
-    assert np.allclose(info["action_applied"], 0.0)  # the sim arm's hold
+    assert np.allclose(info["action_applied"], 0.0)  # the arm's hold
     _, _, _, _, info = env.step(np.array([0.3, 0.3], np.float32))
     assert info["command_applied"] and np.allclose(info["action_applied"], 0.3)
     env.close()

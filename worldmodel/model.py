@@ -180,6 +180,7 @@ class QEnsemble(nn.Module):
         """(B, d_in) -> (Q, B, d_out); with `heads` (indices), only those heads' outputs (len(heads), B, d_out)."""
         weights, biases = list(self.weights), list(self.biases)
         if heads is not None:  # the other heads are not computed at all
+            heads = heads.to(weights[0].device)  # drawn on the CPU, where the learner's random draws are
             weights = [w.index_select(0, heads) for w in weights]
             biases = [b.index_select(0, heads) for b in biases]
         h = x.unsqueeze(0).expand(len(weights[0]), -1, -1)
