@@ -138,10 +138,11 @@ def serve_raw(endpoint: mp.Queue, image: bool, mode: str) -> None:
 
 
 def serve_null(endpoint: mp.Queue, image: bool) -> None:
-    """The robot side at its floor, for the agent side's own cost: it decodes each message and answers it
-    as the protocol says (welcome, heartbeat, an observation for each command showing it applied, an
-    ack for the rest), and does nothing else: no checks, no clock, no safety, no log. Against it, what
-    `RemoteRobotEnv.step` takes over the codec-only ping-pong is the agent side's share of the bridge."""
+    """The robot side at its floor, for the agent side's own cost: it decodes each message and answers
+    what `RemoteRobotEnv` sends as the protocol says (welcome, heartbeat, an observation for each command
+    showing it applied, an ack for the rest), and does nothing else: no checks, no clock, no safety, no
+    log. Against it, what `RemoteRobotEnv.step` takes over the codec-only ping-pong is the agent side's
+    share of the bridge."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.ROUTER)
@@ -151,7 +152,10 @@ def serve_null(endpoint: mp.Queue, image: bool) -> None:
     seq = tick = 0
     while True:
         peer, *frames = p.receive(sock)
-        msg = p.decode(frames)
+        try:
+            msg = p.decode(frames)
+        except p.ProtocolError:
+            continue  # the benchmark's agent sends none; a stray peer's bytes are not this floor's to judge
         seq += 1
         if msg.type == p.HELLO:
             body = {"session": session, "spec": spec, "mode": "armed", "fault": None, "limits": {}, "echo_t_ns": msg.t_ns}
@@ -163,7 +167,7 @@ def serve_null(endpoint: mp.Queue, image: bool) -> None:
                 replies.append(p.Message(p.OBS, seq, observation_body(tick + 1, None), arrays, session))
         elif msg.type == p.COMMAND:
             tick = max(tick, 1) + 1
-            arrays["applied"] = msg.arrays["action"]
+            arrays["applied"] = msg.arrays.get("action", np.zeros(2, np.float32))  # a hold applies zero
             replies = [p.Message(p.OBS, seq, observation_body(tick, msg.seq), arrays, session)]
         else:
             replies = [p.Message(p.ACK, seq, {"ref_seq": msg.seq, "type": msg.type, "mode": "armed"}, session=session)]

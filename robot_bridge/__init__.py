@@ -8,7 +8,9 @@
   interfaces (`driver`), a MuJoCo task served as a real-time robot, an OpenCV camera and a
   sounddevice microphone (`drivers/`); CURVE keys (`keys`);
 * the agent-side client (`client`): `RemoteRobotEnv`, a Gymnasium env with the robot's observation
-  dict, so the loop drives a robot as it drives a simulation.
+  dict, so the loop drives a robot as it drives a simulation;
+* a second robot-side server in C++ (`cpp/`, not a Python module), for drivers written in C++: the
+  same protocol and safety, on libzmq and msgpack-c.
 
 `robot_bridge/` may import numpy, pyzmq, msgspec, gymnasium, opencv and sounddevice, and `sim/`
 only in the simulated robot's driver (`drivers/sim.py`); never torch, agent/, worldmodel/ or planner/.

@@ -142,7 +142,7 @@ struct Message {
 
 // frames: the message's frames after the routing id. Checks every field and size before a byte of
 // an array is interpreted; throws ProtocolError naming the first fault.
-void decode(const std::vector<zmq_msg_t>& frames, size_t first, Message& msg) {
+void decode(const std::deque<zmq_msg_t>& frames, size_t first, Message& msg) {
     if (frames.size() <= first) throw ProtocolError{"malformed", "empty message", {}};
     const zmq_msg_t& head = frames[first];
     size_t hsize = zmq_msg_size(const_cast<zmq_msg_t*>(&head));
@@ -544,18 +544,26 @@ private:
     bool lockstep_due() const { return cfg_.lockstep && pending_ && mode_ == "armed"; }
 
     // Receive one whole message into frames_, waiting up to timeout_ms (-1: block); false if none.
+    // Frames past the most a valid message has (routing id, header, 8 arrays, and one more so that
+    // the count is seen to be wrong) are read and dropped unkept: a peer cannot make us hold more.
     bool receive(int timeout_ms) {
         if (timeout_ms != rcvtimeo_) zmq_setsockopt(socket_, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms), rcvtimeo_ = timeout_ms;
         clear_frames();
         int more = 1;
         while (more) {
-            frames_.emplace_back();
+            frames_.emplace_back();  // a deque: the messages already in it never move
             zmq_msg_init(&frames_.back());
             if (zmq_msg_recv(&frames_.back(), socket_, 0) < 0) {
                 clear_frames();  // EAGAIN: nothing in time (a multipart message arrives whole)
                 return false;
             }
             more = zmq_msg_more(&frames_.back());
+            if (more && frames_.size() == 2 + kMaxArrays + 1) {
+                zmq_msg_t extra;
+                zmq_msg_init(&extra);
+                while (more && zmq_msg_recv(&extra, socket_, 0) >= 0) more = zmq_msg_more(&extra);
+                zmq_msg_close(&extra);
+            }
         }
         return true;
     }
@@ -994,7 +1002,7 @@ private:
     void* ctx_ = nullptr;
     void* socket_ = nullptr;
     int rcvtimeo_ = -2;
-    std::vector<zmq_msg_t> frames_;
+    std::deque<zmq_msg_t> frames_;  // the message being handled: routing id, header, arrays
 };
 
 }  // namespace
