@@ -133,7 +133,8 @@ def serve_raw(endpoint: mp.Queue, image: bool, mode: str) -> None:
             peer, *frames = p.receive(sock)
             if mode == "codec":
                 command = p.decode(frames)
-                reply = p.encode(p.Message(p.OBS, command.seq, observation_body(command.seq, command.seq), arrays, command.session))
+                body = observation_body(command.seq, command.seq)
+                reply = p.encode(p.Message(p.OBS, command.seq, body, arrays, command.session))
             p.send(sock, [peer, *reply])
 
 
@@ -158,7 +159,8 @@ def serve_null(endpoint: mp.Queue, image: bool) -> None:
             continue  # the benchmark's agent sends none; a stray peer's bytes are not this floor's to judge
         seq += 1
         if msg.type == p.HELLO:
-            body = {"session": session, "spec": spec, "mode": "armed", "fault": None, "limits": {}, "echo_t_ns": msg.t_ns}
+            body = {"session": session, "spec": spec, "mode": "armed", "fault": None, "limits": {},
+                    "echo_t_ns": msg.t_ns}
             replies = [p.Message(p.WELCOME, seq, body, session=session)]
         elif msg.type == p.HEARTBEAT:
             replies = [p.Message(p.HEARTBEAT, seq, {"echo_t_ns": msg.t_ns, "echo_seq": msg.seq}, session=session)]
@@ -402,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{k}_p50_ratio"] = row[f"{k}_p50_us"] / row["raw_p50_us"]
         for k in SERVERS:
             # the tail past p99: the Python server's log writes of 64 KiB (about one tick in 250) land here
-            row.update({f"{k}_p99_us": 1e6 * np.percentile(times[k], 99), f"{k}_p999_us": 1e6 * np.percentile(times[k], 99.9),
-                        f"{k}_max_us": 1e6 * times[k].max(), f"{k}_lockstep_hz": len(times[k]) / float(np.sum(times[k]))})
+            row.update({f"{k}_p99_us": 1e6 * np.percentile(times[k], 99),
+                        f"{k}_p999_us": 1e6 * np.percentile(times[k], 99.9), f"{k}_max_us": 1e6 * times[k].max(),
+                        f"{k}_lockstep_hz": len(times[k]) / float(np.sum(times[k]))})
             row[f"{k}_p99_ratio"] = row[f"{k}_p99_us"] / row["raw_p99_us"]
             row[f"{k}_p999_ratio"] = row[f"{k}_p999_us"] / row["raw_p999_us"]
             row[f"{k}_sustained_hz"] = 0
@@ -439,12 +442,14 @@ PING_PONGS = {"raw": "raw", "lean": "lean raw", "codec": "codec only", "agent_al
 
 def median_table(rows: list[dict]) -> Table:
     """Median round trips, and each one's ratio to the raw pyzmq ping-pong's."""
-    table = Table(title="round trip p50, µs (ratio to raw): the bridge against a raw pyzmq ping-pong of the same bytes")
+    table = Table(title="round trip p50, µs (ratio to raw): the bridge against a raw pyzmq ping-pong of the same "
+                        "bytes")
     table.add_column("payload")
     for label in PING_PONGS.values():
         table.add_column(label, justify="right")
     for r in rows:
-        cells = [f"{r['raw_p50_us']:.0f}"] + [f"{r[f'{k}_p50_us']:.0f} ({r[f'{k}_p50_ratio']:.2f}x)" for k in list(PING_PONGS)[1:]]
+        cells = [f"{r['raw_p50_us']:.0f}"]
+        cells += [f"{r[f'{k}_p50_us']:.0f} ({r[f'{k}_p50_ratio']:.2f}x)" for k in list(PING_PONGS)[1:]]
         table.add_row(r["payload"], *cells)
     return table
 

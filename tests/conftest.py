@@ -24,7 +24,8 @@ CPP_DIR = ROOT / "robot_bridge" / "cpp"
 class Server:
     """`omniloop robot-server` (or the C++ server, as `program`) in its own process, on a free loopback port."""
 
-    def __init__(self, tmp_path: Path, *args: str, bind: str = "tcp://127.0.0.1:0", program: list[str] = PYTHON_SERVER) -> None:
+    def __init__(self, tmp_path: Path, *args: str, bind: str = "tcp://127.0.0.1:0",
+                 program: list[str] = PYTHON_SERVER) -> None:
         self.log = tmp_path / f"server-{time.monotonic_ns()}.jsonl"
         cmd = [*program, "--bind", bind, "--log", str(self.log), *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

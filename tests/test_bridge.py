@@ -185,6 +185,10 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "pad": "x" * (p.MAX_HEADER_BYTES + 1)})]) == p.TOO_LARGE
     big = {**header, "v": 1, "seq": 2000, "arrays": [{"name": "action", "dtype": "float32", "shape": [5_000_000]}]}
     assert peer.error_for([msgspec.msgpack.encode(big), b"\0" * 20_000_000]) == p.TOO_LARGE
+    not_utf8 = msgspec.msgpack.encode({**header, "v": 1}).replace(b"command", b"comm\xffnd")  # same length
+    assert peer.error_for([not_utf8]) == p.MALFORMED  # a string that is not UTF-8 (it would reach the log)
+    assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "body": {7: "x"}})]) == p.MALFORMED  # int key
+    assert peer.error_for([*good(), *[b"\0"] * 20]) == p.MALFORMED  # frames beyond any valid message's count
     peer.send(good(seq=5000))
     assert peer.error_for(good(seq=4000)) == p.OLD_SEQ  # a sequence number from the past
     # beyond libzmq's own limit the connection is dropped before we see a byte; the server stays up
@@ -193,7 +197,7 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     status_peer = RawPeer(srv.endpoint)
     status_peer.send(status_peer.message(p.STATUS))
     status = status_peer.reply(lambda m: m.type == p.STATUS).body
-    assert status["drops"][p.MALFORMED] >= 3 and status["drops"][p.NOT_FINITE] == 2 and status["drops"][p.OLD_SEQ] == 1
+    assert status["drops"][p.MALFORMED] >= 6 and status["drops"][p.NOT_FINITE] == 2 and status["drops"][p.OLD_SEQ] == 1
 
     # still serving: a real agent connects and drives it
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint))

@@ -258,7 +258,8 @@ class WorldModel(nn.Module):
         ensemble = self.target_q if target else self.q_heads
         return ensemble(torch.cat([z, a], -1), heads)
 
-    def q(self, z: torch.Tensor, a: torch.Tensor, target: bool = False, heads: torch.Tensor | None = None) -> torch.Tensor:
+    def q(self, z: torch.Tensor, a: torch.Tensor, target: bool = False,
+          heads: torch.Tensor | None = None) -> torch.Tensor:
         """(B, Z), (B, A) -> every head's Q (Q, B), or only those of `heads` (indices)."""
         return self.scalar(self.q_logits(z, a, target, heads))
 

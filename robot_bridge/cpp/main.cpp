@@ -8,6 +8,7 @@
 // is a fixed frame that changes one byte per tick. It measures the bridge (benchmarks/bridge.py) and is
 // the template for a driver of your own: subclass omniloop::Driver and add it to `make_driver`.
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +20,8 @@
 
 namespace {
 
-std::atomic<bool> stop_requested{false};
+std::atomic<bool> stop_requested{false};  // set by SIGINT and SIGTERM: the server stops at its next check
+static_assert(std::atomic<bool>::is_always_lock_free, "a signal handler may only store to a lock-free atomic");
 
 class MemoryDriver : public omniloop::Driver {
 public:
@@ -30,6 +32,7 @@ public:
         if (image) spec_.observation.push_back({"image", {64, 64, 3}, "uint8", 0.0, 255.0});
         spec_.action_low = {-1.0f, -1.0f};
         spec_.action_high = {1.0f, 1.0f};
+        spec_.pose = omniloop::Pose{{0, 1}, {}, {false, false}, "position"};  // it goes where it is told, at once
     }
     const omniloop::RobotSpec& spec() const override { return spec_; }
     void connect() override { ticks_ = 0; }
@@ -85,20 +88,34 @@ Options parse(int argc, char** argv) {
             if (i + 1 >= argc) usage_error(a + " needs a value");
             return argv[++i];
         };
-        if (a == "--driver") o.driver = value();
-        else if (a == "--bind") o.server.bind = value();
-        else if (a == "--keys") o.server.keys = value();
-        else if (a == "--log") o.server.log = value();
-        else if (a == "--insecure") o.server.insecure = true;
-        else if (a == "--lockstep") o.server.lockstep = true;
-        else if (a == "--start-armed") o.server.safety.start_armed = true;
-        else if (a == "--image") o.image = true;
-        else if (a == "--hz") o.hz = positive("--hz", value());
-        else if (a == "--hold-after-periods") o.server.safety.hold_after_periods = positive("--hold-after-periods", value());
-        else if (a == "--safe-after-s") o.server.safety.safe_after_s = positive("--safe-after-s", value());
-        else if (a == "--max-delta") o.server.safety.max_delta = positive("--max-delta", value());
-        else if (a == "--max-command-hz") o.server.safety.max_command_hz = positive("--max-command-hz", value());
-        else usage_error("unknown option " + a);
+        if (a == "--driver")
+            o.driver = value();
+        else if (a == "--bind")
+            o.server.bind = value();
+        else if (a == "--keys")
+            o.server.keys = value();
+        else if (a == "--log")
+            o.server.log = value();
+        else if (a == "--insecure")
+            o.server.insecure = true;
+        else if (a == "--lockstep")
+            o.server.lockstep = true;
+        else if (a == "--start-armed")
+            o.server.safety.start_armed = true;
+        else if (a == "--image")
+            o.image = true;
+        else if (a == "--hz")
+            o.hz = positive("--hz", value());
+        else if (a == "--hold-after-periods")
+            o.server.safety.hold_after_periods = positive("--hold-after-periods", value());
+        else if (a == "--safe-after-s")
+            o.server.safety.safe_after_s = positive("--safe-after-s", value());
+        else if (a == "--max-delta")
+            o.server.safety.max_delta = positive("--max-delta", value());
+        else if (a == "--max-command-hz")
+            o.server.safety.max_command_hz = positive("--max-command-hz", value());
+        else
+            usage_error("unknown option " + a);
     }
     if (o.driver.empty()) usage_error("--driver is required (built in: memory)");
     return o;
@@ -129,6 +146,10 @@ int main(int argc, char** argv) {
         return 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "omniloop-robot-server: error: %s\n", e.what());
+        return 1;
+    } catch (...) {  // a driver's connect may throw anything
+        std::fprintf(stderr,
+                     "omniloop-robot-server: error: the driver threw an exception that is not a std::exception\n");
         return 1;
     }
     return 0;

@@ -1,12 +1,16 @@
 // The robot-side server of docs/bridge-protocol.md, in C++. It mirrors robot_bridge/server.py rule
 // for rule (sessions, checks in order, error codes, modes, watchdog, limits, rate limit, fault latch,
-// the JSON-lines log), so that `omniloop robot` cannot tell the two apart. What it saves is the
-// Python on the robot side of every round trip.
+// the JSON-lines log); what it saves is the Python on the robot side of every round trip. Known
+// differences, none of which an agent that follows the protocol meets: a header with several faults
+// may be refused for another of them first; map keys that repeat count once, the first; the log
+// writes refused actions as float32; and there is no console report every 10 s.
 
 #include "robot_server.hpp"
 
-#include <dirent.h>
+#include <arpa/inet.h>
 #include <msgpack.h>
+#include <pthread.h>
+#include <signal.h>
 #include <zmq.h>
 
 #include <algorithm>
@@ -15,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -37,8 +42,8 @@ constexpr double kLogFlushS = 0.5;
 constexpr double kFineWaitS = 100e-6;
 constexpr size_t kRttWindow = 4096;
 
-const std::set<std::string> kTypes = {"hello", "welcome", "obs", "command", "heartbeat", "arm", "disarm",
-                                      "estop", "reset", "status", "bye", "ack", "error", "fault"};
+const std::set<std::string> kTypes = {"hello", "welcome", "obs",    "command", "heartbeat", "arm",   "disarm",
+                                      "estop", "reset",   "status", "bye",     "ack",       "error", "fault"};
 
 size_t itemsize(const std::string& dtype) {
     if (dtype == "uint8") return 1;
@@ -66,6 +71,17 @@ struct ProtocolError {
     std::optional<int64_t> seq;
 };
 
+// Inside a catch (...): what was thrown, in words.
+std::string failure() {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        return e.what();
+    } catch (...) {
+        return "an exception that is not a std::exception";
+    }
+}
+
 // ---- msgpack: reading ---------------------------------------------------------------------------
 
 const msgpack_object* lookup(const msgpack_object& map, const char* key) {
@@ -77,40 +93,84 @@ const msgpack_object* lookup(const msgpack_object& map, const char* key) {
     }
     return nullptr;
 }
-bool is_int(const msgpack_object* o) {
-    return o && (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER || o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER);
+bool is_int(const msgpack_object* o) {  // one that fits an int64 (the protocol's ints all do)
+    return o && ((o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) ||
+                 o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER);
 }
 int64_t as_int(const msgpack_object& o) {
     return o.type == MSGPACK_OBJECT_POSITIVE_INTEGER ? static_cast<int64_t>(o.via.u64) : o.via.i64;
 }
 bool is_str(const msgpack_object* o) { return o && o->type == MSGPACK_OBJECT_STR; }
 std::string as_str(const msgpack_object& o) { return std::string(o.via.str.ptr, o.via.str.size); }
-bool has_extension(const msgpack_object& o) {
+bool valid_utf8(const char* p, size_t n) {
+    const auto* s = reinterpret_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (!len || i + len > n) return false;
+        uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+        for (size_t k = 1; k < len; ++k) {
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        // overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
+        i += len;
+    }
+    return true;
+}
+
+// What msgspec refuses in a header and msgpack-c lets through: an extension type, a string that is
+// not UTF-8 (it would reach the JSON log), a map key that is not a string. Empty when there is none.
+std::string header_fault(const msgpack_object& o) {
     switch (o.type) {
-        case MSGPACK_OBJECT_EXT: return true;
+        case MSGPACK_OBJECT_EXT:
+            return "msgpack extension type in the header: the protocol has none";
+        case MSGPACK_OBJECT_STR:
+            return valid_utf8(o.via.str.ptr, o.via.str.size) ? "" : "a string in the header is not UTF-8";
         case MSGPACK_OBJECT_ARRAY:
-            for (uint32_t i = 0; i < o.via.array.size; ++i)
-                if (has_extension(o.via.array.ptr[i])) return true;
-            return false;
+            for (uint32_t i = 0; i < o.via.array.size; ++i) {
+                std::string fault = header_fault(o.via.array.ptr[i]);
+                if (!fault.empty()) return fault;
+            }
+            return "";
         case MSGPACK_OBJECT_MAP:
-            for (uint32_t i = 0; i < o.via.map.size; ++i)
-                if (has_extension(o.via.map.ptr[i].key) || has_extension(o.via.map.ptr[i].val)) return true;
-            return false;
-        default: return false;
+            for (uint32_t i = 0; i < o.via.map.size; ++i) {
+                if (o.via.map.ptr[i].key.type != MSGPACK_OBJECT_STR) return "a map key in the header is not a string";
+                std::string fault = header_fault(o.via.map.ptr[i].key);
+                if (fault.empty()) fault = header_fault(o.via.map.ptr[i].val);
+                if (!fault.empty()) return fault;
+            }
+            return "";
+        default:
+            return "";
     }
 }
+
 const char* type_name(const msgpack_object* o) {
     if (!o) return "NoneType (missing)";
     switch (o->type) {
-        case MSGPACK_OBJECT_NIL: return "NoneType";
-        case MSGPACK_OBJECT_BOOLEAN: return "bool";
-        case MSGPACK_OBJECT_POSITIVE_INTEGER: case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
-        case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64: return "float";
-        case MSGPACK_OBJECT_STR: return "str";
-        case MSGPACK_OBJECT_BIN: return "bytes";
-        case MSGPACK_OBJECT_ARRAY: return "list";
-        case MSGPACK_OBJECT_MAP: return "dict";
-        default: return "extension";
+        case MSGPACK_OBJECT_NIL:
+            return "NoneType";
+        case MSGPACK_OBJECT_BOOLEAN:
+            return "bool";
+        case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+            return "int";
+        case MSGPACK_OBJECT_FLOAT32:
+        case MSGPACK_OBJECT_FLOAT64:
+            return "float";
+        case MSGPACK_OBJECT_STR:
+            return "str";
+        case MSGPACK_OBJECT_BIN:
+            return "bytes";
+        case MSGPACK_OBJECT_ARRAY:
+            return "list";
+        case MSGPACK_OBJECT_MAP:
+            return "dict";
+        default:
+            return "extension";
     }
 }
 
@@ -121,7 +181,8 @@ struct InArray {
     const zmq_msg_t* frame;
 };
 
-// A decoded message. It keeps the unpacked header alive: body values point into it.
+// A decoded message. Its strings and arrays point into the received frames (msgpack-c does not copy
+// them), so a Message must not outlive the next receive; it keeps the unpacked header alive.
 struct Message {
     std::string type, session;
     int64_t seq = 0, t_ns = 0;
@@ -147,8 +208,10 @@ void decode(const std::deque<zmq_msg_t>& frames, size_t first, Message& msg) {
     const zmq_msg_t& head = frames[first];
     size_t hsize = zmq_msg_size(const_cast<zmq_msg_t*>(&head));
     if (hsize > kMaxHeaderBytes)
-        throw ProtocolError{"too_large", "header of " + std::to_string(hsize) + " bytes, the limit is " +
-                                             std::to_string(kMaxHeaderBytes), {}};
+        throw ProtocolError{
+            "too_large",
+            "header of " + std::to_string(hsize) + " bytes, the limit is " + std::to_string(kMaxHeaderBytes),
+            {}};
     size_t off = 0;
     const char* data = static_cast<const char*>(zmq_msg_data(const_cast<zmq_msg_t*>(&head)));
     if (msgpack_unpack_next(&msg.unpacked, data, hsize, &off) != MSGPACK_UNPACK_SUCCESS || off != hsize)
@@ -158,17 +221,24 @@ void decode(const std::deque<zmq_msg_t>& frames, size_t first, Message& msg) {
         throw ProtocolError{"malformed", std::string("header must be a map, got ") + type_name(&h), {}};
     const msgpack_object* seq = lookup(h, "seq");
     std::optional<int64_t> ref = is_int(seq) ? std::optional<int64_t>(as_int(*seq)) : std::nullopt;
-    if (has_extension(h)) throw ProtocolError{"malformed", "msgpack extension type in the header: the protocol has none", ref};
+    std::string fault = header_fault(h);
+    if (!fault.empty()) throw ProtocolError{"malformed", fault, ref};
     const msgpack_object* v = lookup(h, "v");
     if (!is_int(v) || as_int(*v) != kVersion)
-        throw ProtocolError{"version", "protocol version " + (is_int(v) ? std::to_string(as_int(*v)) : std::string(type_name(v))) +
-                                           ", this side speaks 1", ref};
+        throw ProtocolError{"version",
+                            "protocol version " + (is_int(v) ? std::to_string(as_int(*v)) : std::string(type_name(v))) +
+                                ", this side speaks 1",
+                            ref};
     const msgpack_object* type = lookup(h, "type");
-    if (!is_str(type)) throw ProtocolError{"malformed", std::string("header field 'type' must be str, got ") + type_name(type), ref};
+    if (!is_str(type))
+        throw ProtocolError{"malformed", std::string("header field 'type' must be str, got ") + type_name(type), ref};
     msg.type = as_str(*type);
-    if (!kTypes.count(msg.type)) throw ProtocolError{"unknown_type", "message type '" + msg.type.substr(0, 40) + "'", ref};
+    if (!kTypes.count(msg.type))
+        throw ProtocolError{"unknown_type", "message type '" + msg.type.substr(0, 40) + "'", ref};
     auto need = [&](const char* key, bool ok, const char* kind, const msgpack_object* o) {
-        if (!ok) throw ProtocolError{"malformed", std::string("header field '") + key + "' must be " + kind + ", got " + type_name(o), ref};
+        if (!ok)
+            throw ProtocolError{
+                "malformed", std::string("header field '") + key + "' must be " + kind + ", got " + type_name(o), ref};
     };
     need("seq", is_int(seq), "int", seq);
     msg.seq = as_int(*seq);
@@ -188,52 +258,77 @@ void decode(const std::deque<zmq_msg_t>& frames, size_t first, Message& msg) {
     for (uint32_t i = 0; i < arrays->via.array.size; ++i) {
         const msgpack_object& d = arrays->via.array.ptr[i];
         const msgpack_object *name = nullptr, *dtype = nullptr, *shape = nullptr;
-        if (d.type == MSGPACK_OBJECT_MAP) name = lookup(d, "name"), dtype = lookup(d, "dtype"), shape = lookup(d, "shape");
+        if (d.type == MSGPACK_OBJECT_MAP) {
+            name = lookup(d, "name");
+            dtype = lookup(d, "dtype");
+            shape = lookup(d, "shape");
+        }
         if (!is_str(name) || !is_str(dtype) || !shape || shape->type != MSGPACK_OBJECT_ARRAY)
             throw ProtocolError{"malformed", "an array descriptor needs name (str), dtype (str) and shape (list)", ref};
         InArray a{as_str(*name), as_str(*dtype), {}, nullptr};
         if (!itemsize(a.dtype))
-            throw ProtocolError{"bad_shape", "array '" + a.name + "': dtype '" + a.dtype.substr(0, 20) + "' is not a wire dtype", ref};
+            throw ProtocolError{
+                "bad_shape", "array '" + a.name + "': dtype '" + a.dtype.substr(0, 20) + "' is not a wire dtype", ref};
         if (shape->via.array.size > kMaxDims)
             throw ProtocolError{"bad_shape", "array '" + a.name + "': more than 4 dimensions", ref};
         for (uint32_t j = 0; j < shape->via.array.size; ++j) {
             const msgpack_object& n = shape->via.array.ptr[j];
-            if (!is_int(&n) || as_int(n) < 0) throw ProtocolError{"bad_shape", "array '" + a.name + "': a size is not an int >= 0", ref};
+            if (!is_int(&n) || as_int(n) < 0)
+                throw ProtocolError{"bad_shape", "array '" + a.name + "': a size is not an int >= 0", ref};
             a.shape.push_back(as_int(n));
         }
         msg.arrays.push_back(std::move(a));
     }
     if (frames.size() - first - 1 != msg.arrays.size())
-        throw ProtocolError{"malformed", "header names " + std::to_string(msg.arrays.size()) + " arrays but " +
-                                             std::to_string(frames.size() - first - 1) + " frames follow", ref};
+        throw ProtocolError{"malformed",
+                            "header names " + std::to_string(msg.arrays.size()) + " arrays but " +
+                                std::to_string(frames.size() - first - 1) + " frames follow",
+                            ref};
     for (size_t i = 0; i < msg.arrays.size(); ++i) {
         InArray& a = msg.arrays[i];
         // the product is bounded before it can overflow: each factor is checked against the limit
         unsigned __int128 expected = itemsize(a.dtype);
-        for (int64_t n : a.shape) expected = std::min<unsigned __int128>(expected * static_cast<uint64_t>(n), kMaxArrayBytes + 1);
+        for (int64_t n : a.shape)
+            expected = std::min<unsigned __int128>(expected * static_cast<uint64_t>(n), kMaxArrayBytes + 1);
         if (expected > kMaxArrayBytes)
-            throw ProtocolError{"too_large", "array '" + a.name + "' over the limit of " + std::to_string(kMaxArrayBytes) + " bytes", ref};
+            throw ProtocolError{"too_large",
+                                "array '" + a.name + "' over the limit of " + std::to_string(kMaxArrayBytes) + " bytes",
+                                ref};
         a.frame = &frames[first + 1 + i];
         size_t got = zmq_msg_size(const_cast<zmq_msg_t*>(a.frame));
         if (got != static_cast<size_t>(expected))
-            throw ProtocolError{"bad_shape", "array '" + a.name + "' needs " + std::to_string(static_cast<uint64_t>(expected)) +
-                                                 " bytes, the frame has " + std::to_string(got), ref};
+            throw ProtocolError{"bad_shape",
+                                "array '" + a.name + "' needs " + std::to_string(static_cast<uint64_t>(expected)) +
+                                    " bytes, the frame has " + std::to_string(got),
+                                ref};
     }
 }
 
-// An array's elements as float, whatever its numeric dtype.
-std::vector<float> as_floats(const InArray& a) {
-    const void* p = zmq_msg_data(const_cast<zmq_msg_t*>(a.frame));
-    size_t n = zmq_msg_size(const_cast<zmq_msg_t*>(a.frame)) / itemsize(a.dtype);
-    std::vector<float> out(n);
+// An array's first `limit` elements as float, whatever its numeric dtype.
+template <typename T>
+void widen(const char* p, size_t n, std::vector<float>& out) {
     for (size_t i = 0; i < n; ++i) {
-        if (a.dtype == "float32") { float v; std::memcpy(&v, static_cast<const char*>(p) + 4 * i, 4); out[i] = v; }
-        else if (a.dtype == "float64") { double v; std::memcpy(&v, static_cast<const char*>(p) + 8 * i, 8); out[i] = static_cast<float>(v); }
-        else if (a.dtype == "uint8") out[i] = static_cast<const uint8_t*>(p)[i];
-        else if (a.dtype == "int16") { int16_t v; std::memcpy(&v, static_cast<const char*>(p) + 2 * i, 2); out[i] = v; }
-        else if (a.dtype == "int32") { int32_t v; std::memcpy(&v, static_cast<const char*>(p) + 4 * i, 4); out[i] = static_cast<float>(v); }
-        else { int64_t v; std::memcpy(&v, static_cast<const char*>(p) + 8 * i, 8); out[i] = static_cast<float>(v); }
+        T v;
+        std::memcpy(&v, p + sizeof(T) * i, sizeof(T));
+        out[i] = static_cast<float>(v);
     }
+}
+std::vector<float> as_floats(const InArray& a, size_t limit = SIZE_MAX) {
+    const char* p = static_cast<const char*>(zmq_msg_data(const_cast<zmq_msg_t*>(a.frame)));
+    size_t n = std::min(limit, zmq_msg_size(const_cast<zmq_msg_t*>(a.frame)) / itemsize(a.dtype));
+    std::vector<float> out(n);
+    if (a.dtype == "float32")
+        widen<float>(p, n, out);
+    else if (a.dtype == "float64")
+        widen<double>(p, n, out);
+    else if (a.dtype == "uint8")
+        widen<uint8_t>(p, n, out);
+    else if (a.dtype == "int16")
+        widen<int16_t>(p, n, out);
+    else if (a.dtype == "int32")
+        widen<int32_t>(p, n, out);
+    else
+        widen<int64_t>(p, n, out);
     return out;
 }
 
@@ -242,15 +337,40 @@ std::vector<float> as_floats(const InArray& a) {
 // A msgpack writer over msgpack-c's packer, for the header of one outgoing message.
 class Writer {
 public:
-    Writer() { msgpack_sbuffer_init(&buf_); msgpack_packer_init(&pk_, &buf_, msgpack_sbuffer_write); }
+    Writer() {
+        msgpack_sbuffer_init(&buf_);
+        msgpack_packer_init(&pk_, &buf_, msgpack_sbuffer_write);
+    }
     ~Writer() { msgpack_sbuffer_destroy(&buf_); }
-    Writer& map(size_t n) { msgpack_pack_map(&pk_, n); return *this; }
-    Writer& list(size_t n) { msgpack_pack_array(&pk_, n); return *this; }
-    Writer& str(const std::string& s) { msgpack_pack_str(&pk_, s.size()); msgpack_pack_str_body(&pk_, s.data(), s.size()); return *this; }
-    Writer& integer(int64_t v) { msgpack_pack_int64(&pk_, v); return *this; }
-    Writer& real(double v) { msgpack_pack_double(&pk_, v); return *this; }
-    Writer& boolean(bool v) { v ? msgpack_pack_true(&pk_) : msgpack_pack_false(&pk_); return *this; }
-    Writer& nil() { msgpack_pack_nil(&pk_); return *this; }
+    Writer& map(size_t n) {
+        msgpack_pack_map(&pk_, n);
+        return *this;
+    }
+    Writer& list(size_t n) {
+        msgpack_pack_array(&pk_, n);
+        return *this;
+    }
+    Writer& str(const std::string& s) {
+        msgpack_pack_str(&pk_, s.size());
+        msgpack_pack_str_body(&pk_, s.data(), s.size());
+        return *this;
+    }
+    Writer& integer(int64_t v) {
+        msgpack_pack_int64(&pk_, v);
+        return *this;
+    }
+    Writer& real(double v) {
+        msgpack_pack_double(&pk_, v);
+        return *this;
+    }
+    Writer& boolean(bool v) {
+        v ? msgpack_pack_true(&pk_) : msgpack_pack_false(&pk_);
+        return *this;
+    }
+    Writer& nil() {
+        msgpack_pack_nil(&pk_);
+        return *this;
+    }
     Writer& opt_int(std::optional<int64_t> v) { return v ? integer(*v) : nil(); }
     Writer& opt_str(const std::optional<std::string>& v) { return v ? str(*v) : nil(); }
     Writer& opt_real(std::optional<double> v) { return v ? real(*v) : nil(); }
@@ -267,9 +387,14 @@ private:
 std::string json_str(const std::string& s) {
     std::string out = "\"";
     for (unsigned char c : s) {
-        if (c == '"' || c == '\\') out += '\\', out += static_cast<char>(c);
-        else if (c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); out += b; }
-        else out += static_cast<char>(c);
+        if (c == '"' || c == '\\')
+            out += '\\', out += static_cast<char>(c);
+        else if (c < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", c);
+            out += b;
+        } else
+            out += static_cast<char>(c);
     }
     return out + "\"";
 }
@@ -295,18 +420,23 @@ std::string json_time(double t) {  // unix seconds, to the microsecond
 // stream records (commands, applied actions) are buffered and flushed every half second; events at once.
 class EventLog {
 public:
-    explicit EventLog(const std::string& path) : file_(path, std::ios::app) {
+    explicit EventLog(const std::string& path) {
+        std::error_code ignored;
+        std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ignored);
+        file_.open(path, std::ios::app);
         if (!file_) throw ConfigError("cannot open the log file " + path);
     }
-    void command(double t, int64_t seq, const std::optional<std::vector<float>>& action, const std::optional<std::string>& refused) {
-        file_ << "{\"t\":" << json_time(t) << ",\"event\":\"command\",\"seq\":" << seq << ",\"refused\":"
-              << (refused ? json_str(*refused) : "null") << ",\"action\":" << (action ? json_floats(*action) : "null") << "}\n";
+    void command(double t, int64_t seq, const std::optional<std::vector<float>>& action,
+                 const std::optional<std::string>& refused) {
+        file_ << "{\"t\":" << json_time(t) << ",\"event\":\"command\",\"seq\":" << seq
+              << ",\"refused\":" << (refused ? json_str(*refused) : "null")
+              << ",\"action\":" << (action ? json_floats(*action) : "null") << "}\n";
     }
     void applied(double t, int64_t tick, std::optional<int64_t> command_seq, const std::string& mode,
                  const std::string& watchdog, const std::vector<float>& action) {
-        file_ << "{\"t\":" << json_time(t) << ",\"event\":\"applied\",\"tick\":" << tick << ",\"command_seq\":"
-              << json_opt_int(command_seq) << ",\"mode\":" << json_str(mode) << ",\"watchdog\":" << json_str(watchdog)
-              << ",\"action\":" << json_floats(action) << "}\n";
+        file_ << "{\"t\":" << json_time(t) << ",\"event\":\"applied\",\"tick\":" << tick
+              << ",\"command_seq\":" << json_opt_int(command_seq) << ",\"mode\":" << json_str(mode)
+              << ",\"watchdog\":" << json_str(watchdog) << ",\"action\":" << json_floats(action) << "}\n";
     }
     // fields: already JSON-encoded values, by key
     void event(double t, const std::string& name, const std::vector<std::pair<std::string, std::string>>& fields) {
@@ -343,16 +473,13 @@ std::string read_key(const std::string& path, const std::string& which) {
 std::set<std::string> authorized_keys(const std::string& keys) {
     std::string dir = keys + "/authorized_clients";
     std::set<std::string> out;
-    if (DIR* d = opendir(dir.c_str())) {
-        while (dirent* e = readdir(d)) {
-            std::string name = e->d_name;
-            if (name.size() > 4 && name.compare(name.size() - 4, 4, ".key") == 0) {
-                uint8_t raw[32];
-                if (zmq_z85_decode(raw, read_key(dir + "/" + name, "public-key").c_str()))
-                    out.insert(std::string(reinterpret_cast<char*>(raw), 32));
-            }
-        }
-        closedir(d);
+    std::error_code err;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, err)) {
+        if (entry.path().extension() != ".key") continue;
+        uint8_t raw[32];
+        if (!zmq_z85_decode(raw, read_key(entry.path().string(), "public-key").c_str()))
+            throw ConfigError(entry.path().string() + ": its public-key is not Z85");
+        out.insert(std::string(reinterpret_cast<char*>(raw), 32));
     }
     if (out.empty()) throw ConfigError(dir + " holds no client public keys (*.key): no agent could connect");
     return out;
@@ -366,14 +493,18 @@ public:
         int linger = 0;
         zmq_setsockopt(sock_, ZMQ_LINGER, &linger, sizeof linger);
         if (zmq_bind(sock_, "inproc://zeromq.zap.01") != 0) throw ConfigError("cannot start the ZAP handler");
+        // SIGINT and SIGTERM must reach the control thread, which stops the robot, not this one
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         thread_ = std::thread([this] { run(); });
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
     }
     ~Authenticator() {
         done_ = true;
         thread_.join();
         zmq_close(sock_);
     }
-    int refused() const { return refused_.load(); }
 
 private:
     void run() {
@@ -381,20 +512,25 @@ private:
             zmq_pollitem_t item{sock_, 0, ZMQ_POLLIN, 0};
             if (zmq_poll(&item, 1, 100) <= 0) continue;
             std::vector<std::string> frames;
-            int more = 1;
-            while (more) {
+            bool whole = true;
+            for (int more = 1; more;) {
                 zmq_msg_t m;
                 zmq_msg_init(&m);
-                if (zmq_msg_recv(&m, sock_, 0) < 0) { zmq_msg_close(&m); break; }
+                if (zmq_msg_recv(&m, sock_, 0) < 0) {
+                    zmq_msg_close(&m);
+                    whole = false;
+                    break;
+                }
                 frames.emplace_back(static_cast<char*>(zmq_msg_data(&m)), zmq_msg_size(&m));
                 more = zmq_msg_more(&m);
                 zmq_msg_close(&m);
             }
+            if (!whole) continue;  // interrupted: no request to answer
             // version, request id, domain, address, routing id, mechanism, credentials...
             bool ok = frames.size() >= 7 && frames[0] == "1.0" && frames[5] == "CURVE" && allowed_.count(frames[6]);
-            if (!ok) ++refused_;
-            std::vector<std::string> reply = {"1.0", frames.size() > 1 ? frames[1] : "", ok ? "200" : "400",
-                                              ok ? "OK" : "client key not allowed", "", ""};
+            std::vector<std::string> reply = {
+                "1.0", frames.size() > 1 ? frames[1] : "", ok ? "200" : "400", ok ? "OK" : "client key not allowed", "",
+                ""};
             for (size_t i = 0; i < reply.size(); ++i)
                 zmq_send(sock_, reply[i].data(), reply[i].size(), i + 1 < reply.size() ? ZMQ_SNDMORE : 0);
         }
@@ -402,7 +538,6 @@ private:
     void* sock_;
     std::set<std::string> allowed_;
     std::atomic<bool> done_{false};
-    std::atomic<int> refused_{0};
     std::thread thread_;
 };
 
@@ -415,7 +550,10 @@ struct RateLimiter {
     bool allow(double now) {
         if (last) tokens = std::min(burst, tokens + (now - *last) * hz);
         last = now;
-        if (tokens >= 1.0) { tokens -= 1.0; return true; }
+        if (tokens >= 1.0) {
+            tokens -= 1.0;
+            return true;
+        }
         return false;
     }
 };
@@ -425,11 +563,35 @@ struct Pending {
     std::optional<std::vector<float>> action;  // none: an explicit hold
 };
 
+// What the wire cannot carry, or the limits cannot be applied to, is refused before anything is served.
+void check_spec(const RobotSpec& spec) {
+    const std::string robot = "robot '" + spec.name + "': ";
+    if (!(spec.control_hz > 0) || !std::isfinite(spec.control_hz))
+        throw ConfigError(robot + "control_hz must be > 0 and finite, got " + std::to_string(spec.control_hz));
+    if (spec.action_low.empty() || spec.action_low.size() != spec.action_high.size())
+        throw ConfigError(robot + "action limits must be of one size, at least 1");
+    for (size_t i = 0; i < spec.action_low.size(); ++i)
+        if (!std::isfinite(spec.action_low[i]) || !std::isfinite(spec.action_high[i]) ||
+            spec.action_low[i] > spec.action_high[i])
+            throw ConfigError(robot + "action limits must be finite, low <= high");
+    for (const Feature& f : spec.observation) {
+        bool fits = itemsize(f.dtype) && f.shape.size() <= kMaxDims &&
+                    std::all_of(f.shape.begin(), f.shape.end(),
+                                [](int64_t n) { return n >= 0 && n <= int64_t{kMaxArrayBytes}; }) &&
+                    f.nbytes() <= kMaxArrayBytes;
+        if (!fits || f.name == "applied")
+            throw ConfigError(robot + "observation '" + f.name + "' (" + f.dtype +
+                              ") cannot go on the wire: dtypes uint8 "
+                              "int16 int32 int64 float32 float64, at most 4 dims and 16 MiB, and not named 'applied'");
+    }
+}
+
 std::string new_session() {
     static std::random_device rd;
     static std::mt19937_64 rng(rd());
     char b[33];
-    std::snprintf(b, sizeof b, "%016llx%016llx", static_cast<unsigned long long>(rng()), static_cast<unsigned long long>(rng()));
+    std::snprintf(b, sizeof b, "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                  static_cast<unsigned long long>(rng()));
     return b;
 }
 
@@ -439,9 +601,11 @@ class Server {
 public:
     Server(Driver& driver, const ServerConfig& cfg) : driver_(driver), cfg_(cfg), spec_(driver.spec()) {
         if (cfg.keys.empty() && !cfg.insecure && !is_loopback(cfg.bind))
-            throw ConfigError("refusing to bind " + cfg.bind + " without CURVE keys: anyone on the network could drive "
+            throw ConfigError("refusing to bind " + cfg.bind +
+                              " without CURVE keys: anyone on the network could drive "
                               "the robot. Give --keys DIR (make them with `omniloop keys generate DIR`), bind "
                               "tcp://127.0.0.1, or pass --insecure if this network is yours alone");
+        check_spec(spec_);
         const SafetyConfig& s = cfg.safety;
         if (!(s.hold_after_periods > 0) || !(s.safe_after_s > 0) || (s.max_delta && !(*s.max_delta > 0)) ||
             (s.max_command_hz && !(*s.max_command_hz > 0)))
@@ -454,6 +618,11 @@ public:
         bind();
     }
     ~Server() {
+        clear_frames();
+        if (monitor_) {
+            zmq_socket_monitor(socket_, nullptr, 0);
+            zmq_close(monitor_);
+        }
         if (socket_) zmq_close(socket_);
         auth_.reset();
         zmq_ctx_term(ctx_);
@@ -461,11 +630,14 @@ public:
     const std::string& endpoint() const { return endpoint_; }
 
     void serve(const std::atomic<bool>& stop) {
+        if (!cfg_.log.empty()) log_ = std::make_unique<EventLog>(cfg_.log);  // a bad path fails before the driver opens
         driver_.connect();
         if (mode_ == "armed") last_command_t_ = monotonic();  // silence from now on counts
-        if (!cfg_.log.empty()) log_ = std::make_unique<EventLog>(cfg_.log);
-        record("start", {{"robot", json_str(spec_.name)}, {"bind", json_str(endpoint_)}, {"mode", json_str(mode_)},
-                         {"control_hz", json_num(spec_.control_hz)}, {"curve", cfg_.keys.empty() ? "false" : "true"}});
+        record("start", {{"robot", json_str(spec_.name)},
+                         {"bind", json_str(endpoint_)},
+                         {"mode", json_str(mode_)},
+                         {"control_hz", json_num(spec_.control_hz)},
+                         {"curve", cfg_.keys.empty() ? "false" : "true"}});
         double period = 1.0 / spec_.control_hz, next_tick = monotonic(), next_flush = next_tick + kLogFlushS;
         try {
             while (!stop) {
@@ -473,7 +645,10 @@ public:
                 tick();
                 double now = monotonic();
                 next_tick = early ? now + period : next_tick + period;
-                if (log_ && now >= next_flush) next_flush = now + kLogFlushS, log_->flush();
+                if (log_ && now >= next_flush) {
+                    next_flush = now + kLogFlushS;
+                    log_->flush();
+                }
                 if (monotonic() - next_tick > period) {  // the driver or the host fell behind
                     ++counts_["overruns"];
                     next_tick = monotonic();
@@ -500,23 +675,37 @@ private:
             if (!zmq_has("curve")) throw ConfigError("this libzmq was built without CURVE");
             std::string secret_file = cfg_.keys + "/server.key_secret";
             std::string pub = read_key(secret_file, "public-key"), sec = read_key(secret_file, "secret-key");
+            // the ZAP handler is up before the socket binds: without one, libzmq lets every CURVE client in
             auth_ = std::make_unique<Authenticator>(ctx_, authorized_keys(cfg_.keys));
             int server = 1;
-            zmq_setsockopt(socket_, ZMQ_CURVE_SERVER, &server, sizeof server);
-            zmq_setsockopt(socket_, ZMQ_CURVE_PUBLICKEY, pub.c_str(), 40);
-            zmq_setsockopt(socket_, ZMQ_CURVE_SECRETKEY, sec.c_str(), 40);
+            if (zmq_setsockopt(socket_, ZMQ_CURVE_SERVER, &server, sizeof server) != 0 ||
+                zmq_setsockopt(socket_, ZMQ_CURVE_PUBLICKEY, pub.c_str(), 40) != 0 ||
+                zmq_setsockopt(socket_, ZMQ_CURVE_SECRETKEY, sec.c_str(), 40) != 0)
+                throw ConfigError(secret_file + ": its keys are not valid Z85 CURVE keys");
+            const char* watch = "inproc://omniloop-robot-server-monitor";
+            if (zmq_socket_monitor(socket_, watch,
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0)
+                throw ConfigError(std::string("cannot monitor the socket: ") + zmq_strerror(zmq_errno()));
+            monitor_ = zmq_socket(ctx_, ZMQ_PAIR);
+            zmq_connect(monitor_, watch);
         }
         if (zmq_bind(socket_, cfg_.bind.c_str()) != 0)
             throw ConfigError("cannot bind " + cfg_.bind + ": " + zmq_strerror(zmq_errno()));
-        char ep[256];
+        char ep[256] = {};
         size_t n = sizeof ep;
         zmq_getsockopt(socket_, ZMQ_LAST_ENDPOINT, ep, &n);
         endpoint_ = ep;
     }
 
     void finish() {
-        try { driver_.safe_state(); } catch (...) {}
-        try { driver_.disconnect(); } catch (...) {}
+        try {
+            driver_.safe_state();
+        } catch (...) {
+        }
+        try {
+            driver_.disconnect();
+        } catch (...) {
+        }
         write_log();
         record("stop", {{"ticks", std::to_string(tick_)}});
         if (log_) log_->flush();
@@ -531,7 +720,8 @@ private:
             // whole milliseconds for the long waits; the last 2 ms in short naps between checks
             int timeout_ms = left > 0.002 ? static_cast<int>(left * 1000) : 0;
             if (!receive(timeout_ms)) {
-                if (timeout_ms == 0) std::this_thread::sleep_for(std::chrono::duration<double>(std::min(kFineWaitS, left)));
+                if (timeout_ms == 0)
+                    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(kFineWaitS, left)));
                 continue;
             }
             handle();
@@ -547,22 +737,30 @@ private:
     // Frames past the most a valid message has (routing id, header, 8 arrays, and one more so that
     // the count is seen to be wrong) are read and dropped unkept: a peer cannot make us hold more.
     bool receive(int timeout_ms) {
-        if (timeout_ms != rcvtimeo_) zmq_setsockopt(socket_, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms), rcvtimeo_ = timeout_ms;
+        if (timeout_ms != rcvtimeo_) {
+            zmq_setsockopt(socket_, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
+            rcvtimeo_ = timeout_ms;
+        }
         clear_frames();
         int more = 1;
         while (more) {
             frames_.emplace_back();  // a deque: the messages already in it never move
             zmq_msg_init(&frames_.back());
             if (zmq_msg_recv(&frames_.back(), socket_, 0) < 0) {
-                clear_frames();  // EAGAIN: nothing in time (a multipart message arrives whole)
+                clear_frames();  // EAGAIN, nothing in time (a multipart message arrives whole); EINTR, a stop
                 return false;
             }
             more = zmq_msg_more(&frames_.back());
-            if (more && frames_.size() == 2 + kMaxArrays + 1) {
+            if (more && frames_.size() >= 2 + kMaxArrays + 1) {
                 zmq_msg_t extra;
                 zmq_msg_init(&extra);
-                while (more && zmq_msg_recv(&extra, socket_, 0) >= 0) more = zmq_msg_more(&extra);
+                bool read = true;
+                while (more && (read = zmq_msg_recv(&extra, socket_, 0) >= 0)) more = zmq_msg_more(&extra);
                 zmq_msg_close(&extra);
+                if (!read) {  // interrupted mid-message (a stop): nothing to answer
+                    clear_frames();
+                    return false;
+                }
             }
         }
         return true;
@@ -593,9 +791,17 @@ private:
         last_applied_ = applied;
         double t = unix_s();
         std::string mode = mode_, watch = watch_state_;
-        observe(applied, command_seq);
-        write_log();  // after the observation has left: off the round trip
-        if (log_) log_->applied(t, tick_, command_seq, mode, watch, applied);
+        auto log_tick = [&] {  // after the observation has left: off the round trip
+            write_log();
+            if (log_) log_->applied(t, tick_, command_seq, mode, watch, applied);
+        };
+        try {
+            observe(applied, command_seq);
+        } catch (...) {
+            log_tick();
+            throw;
+        }
+        log_tick();
     }
 
     std::string watchdog_state(double now) const {
@@ -619,7 +825,8 @@ private:
             std::string state = watchdog_state(now);
             if (state != watch_state_) {
                 double silence = last_command_t_ ? now - *last_command_t_ : 0.0;
-                record("watchdog", {{"state", json_str(state)}, {"silence_s", json_num(std::round(silence * 1e4) / 1e4)}});
+                record("watchdog",
+                       {{"state", json_str(state)}, {"silence_s", json_num(std::round(silence * 1e4) / 1e4)}});
                 watch_state_ = state;
             }
             if (state == "safe") {
@@ -638,8 +845,8 @@ private:
             std::vector<float> limited = limit(*command->action);
             command_seq = command->seq;
             return checked_applied(driver_.send_action(limited));
-        } catch (const std::exception& e) {
-            set_fault(std::string("driver failed to act: ") + e.what());
+        } catch (...) {  // a driver may throw anything: every failure latches a fault
+            set_fault("driver failed to act: " + failure());
             command_seq.reset();
             return std::vector<float>(spec_.action_low.size(), NAN);  // what the hardware did is unknown
         }
@@ -647,12 +854,15 @@ private:
 
     // Clip to [low, high], then to the last applied action +- max_delta (unless it is unknown).
     std::vector<float> limit(std::vector<float> a) const {
-        for (size_t i = 0; i < a.size(); ++i) a[i] = std::min(std::max(a[i], spec_.action_low[i]), spec_.action_high[i]);
+        for (size_t i = 0; i < a.size(); ++i)
+            a[i] = std::min(std::max(a[i], spec_.action_low[i]), spec_.action_high[i]);
         const auto& md = cfg_.safety.max_delta;
-        bool known = last_applied_ && std::all_of(last_applied_->begin(), last_applied_->end(), [](float v) { return std::isfinite(v); });
+        bool known = last_applied_ && std::all_of(last_applied_->begin(), last_applied_->end(),
+                                                  [](float v) { return std::isfinite(v); });
         if (md && known)
             for (size_t i = 0; i < a.size(); ++i)
-                a[i] = std::min(std::max(a[i], static_cast<float>((*last_applied_)[i] - *md)), static_cast<float>((*last_applied_)[i] + *md));
+                a[i] = std::min(std::max(a[i], static_cast<float>((*last_applied_)[i] - *md)),
+                                static_cast<float>((*last_applied_)[i] + *md));
         return a;
     }
 
@@ -666,14 +876,25 @@ private:
                 if (it->second.dtype != f.dtype || it->second.shape != f.shape || it->second.nbytes != f.nbytes())
                     throw DriverError("observation '" + f.name + "' does not match its spec (" + f.dtype + ")");
             }
-        } catch (const std::exception& e) {
-            set_fault(std::string("driver get_observation failed: ") + e.what());
+        } catch (...) {
+            set_fault("driver get_observation failed: " + failure());
             return;
         }
         if (peer_.empty()) return;
         Writer body;
-        body.map(6).str("tick").integer(tick_).str("t_capture_ns").integer(wall_ns()).str("command_seq").opt_int(command_seq)
-            .str("mode").str(mode_).str("fault").opt_str(fault_).str("watchdog").str(watch_state_);
+        body.map(6)
+            .str("tick")
+            .integer(tick_)
+            .str("t_capture_ns")
+            .integer(wall_ns())
+            .str("command_seq")
+            .opt_int(command_seq)
+            .str("mode")
+            .str(mode_)
+            .str("fault")
+            .opt_str(fault_)
+            .str("watchdog")
+            .str(watch_state_);
         std::vector<ArrayView> arrays;
         std::vector<std::string> names;
         for (const Feature& f : spec_.observation) arrays.push_back(obs[f.name]), names.push_back(f.name);
@@ -700,8 +921,10 @@ private:
         last_command_.reset();
         ++counts_["faults"];
         record("fault", {{"reason", json_str(reason)}});
-        try { driver_.safe_state(); } catch (const std::exception& e) {
-            record("fault", {{"reason", json_str(std::string("safe_state failed: ") + e.what())}});
+        try {
+            driver_.safe_state();
+        } catch (...) {  // the fault is latched either way; say that the safe state failed too
+            record("fault", {{"reason", json_str("safe_state failed: " + failure())}});
         }
         if (!peer_.empty()) {
             Writer body;
@@ -719,12 +942,14 @@ private:
             dispatch(peer, msg);
         } catch (const ProtocolError& e) {
             ++drops_[e.code];
-            record("error", {{"code", json_str(e.code)}, {"detail", json_str(e.detail)}, {"ref_seq", json_opt_int(e.seq)}});
+            record("error",
+                   {{"code", json_str(e.code)}, {"detail", json_str(e.detail)}, {"ref_seq", json_opt_int(e.seq)}});
             error_reply(peer, e.code, e.detail, e.seq);
-        } catch (const std::exception& e) {  // a failure while answering must not stop the robot's clock
+        } catch (...) {  // a failure while answering must not stop the robot's clock
+            std::string what = failure();
             ++drops_["internal"];
-            record("error", {{"code", "\"internal\""}, {"detail", json_str(e.what())}});
-            error_reply(peer, "internal", e.what(), std::nullopt);
+            record("error", {{"code", "\"internal\""}, {"detail", json_str(what)}});
+            error_reply(peer, "internal", what, std::nullopt);
         }
     }
 
@@ -735,19 +960,22 @@ private:
         if (kind == "status") return status_reply(peer);
         if (kind == "estop") {  // honoured from any authenticated peer, session or not
             const msgpack_object* reason = msg.field("reason");
-            set_fault("e-stop from " + (is_str(reason) && reason->via.str.size ? as_str(*reason) : std::string("an agent")));
+            set_fault("e-stop from " +
+                      (is_str(reason) && reason->via.str.size ? as_str(*reason) : std::string("an agent")));
             return ack(peer, msg);
         }
         static const std::set<std::string> session_types = {"command", "heartbeat", "arm", "disarm", "reset", "bye"};
         if (!session_types.count(kind))
-            throw ProtocolError{"unsupported", "'" + kind + "' is a message the robot sends, not one it takes", msg.seq};
+            throw ProtocolError{"unsupported", "'" + kind + "' is a message the robot sends, not one it takes",
+                                msg.seq};
         if (session_.empty() || msg.session != session_ || peer != peer_) {
             if (!msg.session.empty() && std::find(replaced_.begin(), replaced_.end(), msg.session) != replaced_.end())
                 throw ProtocolError{"replaced", "a later hello replaced this session", msg.seq};
             throw ProtocolError{"no_session", "no session with this peer: send hello first", msg.seq};
         }
         if (msg.seq <= peer_seq_)
-            throw ProtocolError{"old_seq", "seq " + std::to_string(msg.seq) + " is not after " + std::to_string(peer_seq_), msg.seq};
+            throw ProtocolError{
+                "old_seq", "seq " + std::to_string(msg.seq) + " is not after " + std::to_string(peer_seq_), msg.seq};
         peer_seq_ = msg.seq;
         if (kind == "command") return command(msg);
         if (kind == "heartbeat") {
@@ -761,9 +989,12 @@ private:
             return ack(peer, msg);
         }
         if (kind == "reset") {
-            if (!spec_.can_reset) throw ProtocolError{"unsupported", "robot '" + spec_.name + "' cannot reset its scene", msg.seq};
-            try { driver_.reset(); } catch (const std::exception& e) {
-                set_fault(std::string("driver reset failed: ") + e.what());
+            if (!spec_.can_reset)
+                throw ProtocolError{"unsupported", "robot '" + spec_.name + "' cannot reset its scene", msg.seq};
+            try {
+                driver_.reset();
+            } catch (...) {
+                set_fault("driver reset failed: " + failure());
                 throw ProtocolError{"faulted", *fault_, msg.seq};
             }
             last_applied_.reset();
@@ -793,21 +1024,43 @@ private:
         last_command_.reset();
         const msgpack_object* agent = msg.field("agent");
         const msgpack_object* id = msg.field("id");
-        record("hello", {{"session", json_str(session_)}, {"agent", json_str(is_str(agent) ? as_str(*agent).substr(0, 80) : "?")},
+        record("hello", {{"session", json_str(session_)},
+                         {"agent", json_str(is_str(agent) ? as_str(*agent).substr(0, 80) : "?")},
                          {"agent_id", json_str(is_str(id) ? as_str(*id).substr(0, 64) : "")}});
         Writer body;
         body.map(6).str("session").str(session_).str("spec");
         write_spec(body);
-        body.str("mode").str(mode_).str("fault").opt_str(fault_).str("limits").map(6)
-            .str("hold_after_s").real(hold_after_s_).str("safe_after_s").real(safe_after_s_)
-            .str("max_delta").opt_real(cfg_.safety.max_delta).str("max_command_hz").real(rate_.hz)
-            .str("max_message_bytes").integer(kMaxMessageBytes).str("max_array_bytes").integer(kMaxArrayBytes)
-            .str("echo_t_ns").integer(msg.t_ns);
+        body.str("mode")
+            .str(mode_)
+            .str("fault")
+            .opt_str(fault_)
+            .str("limits")
+            .map(6)
+            .str("hold_after_s")
+            .real(hold_after_s_)
+            .str("safe_after_s")
+            .real(safe_after_s_)
+            .str("max_delta")
+            .opt_real(cfg_.safety.max_delta)
+            .str("max_command_hz")
+            .real(rate_.hz)
+            .str("max_message_bytes")
+            .integer(kMaxMessageBytes)
+            .str("max_array_bytes")
+            .integer(kMaxArrayBytes)
+            .str("echo_t_ns")
+            .integer(msg.t_ns);
         send(peer, "welcome", body);
     }
 
     void write_spec(Writer& w) const {
-        w.map(6).str("name").str(spec_.name).str("control_hz").real(spec_.control_hz).str("can_reset").boolean(spec_.can_reset);
+        w.map(6)
+            .str("name")
+            .str(spec_.name)
+            .str("control_hz")
+            .real(spec_.control_hz)
+            .str("can_reset")
+            .boolean(spec_.can_reset);
         w.str("observation").map(spec_.observation.size());
         for (const Feature& f : spec_.observation) {
             w.str(f.name).map(4).str("shape").list(f.shape.size());
@@ -820,7 +1073,16 @@ private:
         for (float v : spec_.action_high) w.real(v);
         w.str("names").list(spec_.action_names.size());
         for (auto& n : spec_.action_names) w.str(n);
-        w.str("extra").map(0);
+        w.str("extra").map(spec_.pose ? 1 : 0);
+        if (const auto& pose = spec_.pose) {
+            w.str("pose").map(4).str("position").list(pose->position.size());
+            for (int64_t i : pose->position) w.integer(i);
+            w.str("velocity").list(pose->velocity.size());
+            for (int64_t i : pose->velocity) w.integer(i);
+            w.str("continuous").list(pose->continuous.size());
+            for (bool c : pose->continuous) w.boolean(c);
+            w.str("action").str(pose->action);
+        }
     }
 
     void command(const Message& msg) {
@@ -831,7 +1093,7 @@ private:
             if (log_) {
                 const InArray* raw = msg.array("action");
                 std::optional<std::vector<float>> seen;
-                if (raw) seen = as_floats(*raw), seen->resize(std::min<size_t>(seen->size(), 16));
+                if (raw) seen = as_floats(*raw, 16);  // a hostile 16 MiB action costs nothing to log
                 unlogged_.push_back({unix_s(), msg.seq, seen, e.code});
             }
             throw;
@@ -853,13 +1115,16 @@ private:
     // The command's action (none for a hold), after every check; the rate limit comes last, so a
     // command refused for its content costs no rate budget.
     std::optional<std::vector<float>> checked_action(const Message& msg) {
-        if (mode_ == "faulted") throw ProtocolError{"faulted", "fault latched (" + *fault_ + "); send arm with clear_fault", msg.seq};
-        if (mode_ != "armed") throw ProtocolError{"disarmed", "the robot is disarmed: observations only; send arm", msg.seq};
+        if (mode_ == "faulted")
+            throw ProtocolError{"faulted", "fault latched (" + *fault_ + "); send arm with clear_fault", msg.seq};
+        if (mode_ != "armed")
+            throw ProtocolError{"disarmed", "the robot is disarmed: observations only; send arm", msg.seq};
         const msgpack_object* obs_tick = msg.field("obs_tick");
         const msgpack_object* hold = msg.field("hold");
         bool tick_ok = !obs_tick || obs_tick->type == MSGPACK_OBJECT_NIL || is_int(obs_tick);
         bool hold_ok = !hold || hold->type == MSGPACK_OBJECT_BOOLEAN;
-        if (!tick_ok || !hold_ok) throw ProtocolError{"malformed", "command body: obs_tick must be an int, hold a bool", msg.seq};
+        if (!tick_ok || !hold_ok)
+            throw ProtocolError{"malformed", "command body: obs_tick must be an int, hold a bool", msg.seq};
         std::optional<std::vector<float>> action;
         if (!(hold && hold->via.boolean)) {
             const InArray* a = msg.array("action");
@@ -868,9 +1133,11 @@ private:
                 throw ProtocolError{"bad_shape", "action must be float [" + std::to_string(dim) + "]", msg.seq};
             action = as_floats(*a);
             for (float v : *action)
-                if (!std::isfinite(v)) throw ProtocolError{"not_finite", "action holds NaN or inf: " + json_floats(*action), msg.seq};
+                if (!std::isfinite(v))
+                    throw ProtocolError{"not_finite", "action holds NaN or inf: " + json_floats(*action), msg.seq};
         }
-        if (!rate_.allow(monotonic())) throw ProtocolError{"rate_limited", "more than " + json_num(rate_.hz) + " commands/s", msg.seq};
+        if (!rate_.allow(monotonic()))
+            throw ProtocolError{"rate_limited", "more than " + json_num(rate_.hz) + " commands/s", msg.seq};
         return action;
     }
 
@@ -891,11 +1158,26 @@ private:
         ack(peer, msg);
     }
 
+    // Count and log the handshakes that CURVE refused since the last look (a key not on the list, no
+    // key, the wrong server key), from the socket's monitor, as the Python server does.
     void auth_events() {
-        if (!auth_) return;
-        for (int refused = auth_->refused(); seen_refused_ < refused; ++seen_refused_) {
-            ++counts_["auth_refused"];
-            record("auth_refused", {{"reason", "\"client key not allowed\""}});
+        if (!monitor_) return;
+        for (;;) {
+            zmq_msg_t event, address;
+            zmq_msg_init(&event);
+            zmq_msg_init(&address);
+            bool got = zmq_msg_recv(&event, monitor_, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&event) &&
+                       zmq_msg_recv(&address, monitor_, 0) >= 0;
+            if (got && zmq_msg_size(&event) >= 2) {
+                uint16_t id;
+                std::memcpy(&id, zmq_msg_data(&event), 2);
+                std::string where(static_cast<char*>(zmq_msg_data(&address)), zmq_msg_size(&address));
+                ++counts_["auth_refused"];
+                record("auth_refused", {{"zmq_event", std::to_string(id)}, {"endpoint", json_str(where)}});
+            }
+            zmq_msg_close(&event);
+            zmq_msg_close(&address);
+            if (!got) return;
         }
     }
 
@@ -905,15 +1187,27 @@ private:
         body.map(3).str("ref_seq").integer(msg.seq).str("type").str(msg.type).str("mode").str(mode_);
         send(peer, "ack", body);
     }
-    void error_reply(const std::string& peer, const std::string& code, const std::string& detail, std::optional<int64_t> ref) {
+    void error_reply(const std::string& peer, const std::string& code, const std::string& detail,
+                     std::optional<int64_t> ref) {
         Writer body;
         body.map(3).str("code").str(code).str("detail").str(detail).str("ref_seq").opt_int(ref);
         send(peer, "error", body);
     }
     void status_reply(const std::string& peer) {
         Writer body;
-        body.map(8).str("mode").str(mode_).str("fault").opt_str(fault_).str("watchdog").str(watch_state_)
-            .str("tick").integer(tick_).str("session").str(session_).str("counts").map(counts_.size());
+        body.map(8)
+            .str("mode")
+            .str(mode_)
+            .str("fault")
+            .opt_str(fault_)
+            .str("watchdog")
+            .str(watch_state_)
+            .str("tick")
+            .integer(tick_)
+            .str("session")
+            .str(session_)
+            .str("counts")
+            .map(counts_.size());
         for (auto& [k, v] : counts_) body.str(k).integer(v);
         body.str("drops").map(drops_.size());
         for (auto& [k, v] : drops_) body.str(k).integer(v);
@@ -938,29 +1232,50 @@ private:
     void send(const std::string& peer, const std::string& type, const Writer& body,
               const std::vector<std::string>& names = {}, const std::vector<ArrayView>& arrays = {}) {
         Writer h;
-        h.map(7).str("v").integer(kVersion).str("type").str(type).str("seq").integer(++seq_).str("t_ns").integer(wall_ns())
-            .str("session").str(session_).str("body");
+        h.map(7)
+            .str("v")
+            .integer(kVersion)
+            .str("type")
+            .str(type)
+            .str("seq")
+            .integer(++seq_)
+            .str("t_ns")
+            .integer(wall_ns())
+            .str("session")
+            .str(session_)
+            .str("body");
         std::string header(h.data(), h.size());
         header.append(body.data(), body.size());
         Writer tail;
         tail.str("arrays").list(arrays.size());
         for (size_t i = 0; i < arrays.size(); ++i) {
-            tail.map(3).str("name").str(names[i]).str("dtype").str(arrays[i].dtype).str("shape").list(arrays[i].shape.size());
+            tail.map(3)
+                .str("name")
+                .str(names[i])
+                .str("dtype")
+                .str(arrays[i].dtype)
+                .str("shape")
+                .list(arrays[i].shape.size());
             for (int64_t n : arrays[i].shape) tail.integer(n);
         }
         header.append(tail.data(), tail.size());
         const int flags = ZMQ_DONTWAIT;
         if (zmq_send(socket_, peer.data(), peer.size(), flags | ZMQ_SNDMORE) < 0) return count_send_failure();
-        if (zmq_send(socket_, header.data(), header.size(), flags | (arrays.empty() ? 0 : ZMQ_SNDMORE)) < 0) return count_send_failure();
+        if (zmq_send(socket_, header.data(), header.size(), flags | (arrays.empty() ? 0 : ZMQ_SNDMORE)) < 0)
+            return count_send_failure();
         for (size_t i = 0; i < arrays.size(); ++i)
-            if (zmq_send(socket_, arrays[i].data, arrays[i].nbytes, flags | (i + 1 < arrays.size() ? ZMQ_SNDMORE : 0)) < 0)
+            if (zmq_send(socket_, arrays[i].data, arrays[i].nbytes, flags | (i + 1 < arrays.size() ? ZMQ_SNDMORE : 0)) <
+                0)
                 return count_send_failure();
     }
     void count_send_failure() {
         int err = zmq_errno();
-        if (err == EAGAIN) ++drops_["send_queue_full"];  // the agent reads slower than we send
-        else if (err == EHOSTUNREACH) ++drops_["peer_gone"];  // the agent disconnected
-        else throw std::runtime_error(std::string("send failed: ") + zmq_strerror(err));
+        if (err == EAGAIN)
+            ++drops_["send_queue_full"];  // the agent reads slower than we send
+        else if (err == EHOSTUNREACH)
+            ++drops_["peer_gone"];  // the agent disconnected
+        else
+            throw std::runtime_error(std::string("send failed: ") + zmq_strerror(err));
     }
 
     void write_log() {
@@ -998,10 +1313,10 @@ private:
     std::vector<Unlogged> unlogged_;
     std::unique_ptr<EventLog> log_;
     std::unique_ptr<Authenticator> auth_;
-    int seen_refused_ = 0;
+    void* monitor_ = nullptr;  // refused CURVE handshakes, with keys only
     void* ctx_ = nullptr;
     void* socket_ = nullptr;
-    int rcvtimeo_ = -2;
+    int rcvtimeo_ = -2;             // the socket's RCVTIMEO as last set: none yet
     std::deque<zmq_msg_t> frames_;  // the message being handled: routing id, header, arrays
 };
 
@@ -1021,10 +1336,11 @@ bool is_loopback(const std::string& endpoint) {
     if (transport != "tcp") return false;
     std::string host = address.substr(0, address.rfind(':'));
     if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (host == "localhost" || host == "::1") return true;
-    unsigned a, b, c, d;
-    char extra;
-    return std::sscanf(host.c_str(), "%u.%u.%u.%u%c", &a, &b, &c, &d, &extra) == 4 && a == 127 && b < 256 && c < 256 && d < 256;
+    if (host == "localhost") return true;
+    in_addr v4;
+    in6_addr v6;
+    if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;  // 127.0.0.0/8
+    return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 void serve(Driver& driver, const ServerConfig& cfg, const std::atomic<bool>& stop,

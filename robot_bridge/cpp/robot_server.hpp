@@ -31,6 +31,14 @@ struct Feature {
     size_t nbytes() const;
 };
 
+// Where the robot's joints are, for an agent that moves it to a pose (`extra.pose` in the protocol's spec):
+// indices into `proprio`, one per action dimension in the action's order.
+struct Pose {
+    std::vector<int64_t> position, velocity;  // velocity may be empty
+    std::vector<bool> continuous;             // per joint: it turns freely (its error wraps into [-pi, pi])
+    std::string action = "position";          // or "effort": what an action means
+};
+
 struct RobotSpec {
     std::string name;
     double control_hz = 20.0;
@@ -38,6 +46,7 @@ struct RobotSpec {
     std::vector<float> action_low, action_high;  // finite, one per action dimension
     std::vector<std::string> action_names;
     bool can_reset = false;
+    std::optional<Pose> pose;  // without it the robot can be driven, but not replayed onto a pose
 };
 
 // A view of one array a driver hands out; its bytes must stay valid until the next driver call
@@ -65,19 +74,19 @@ public:
 };
 
 struct SafetyConfig {
-    double hold_after_periods = 3.0;  // no valid command for this many control periods: hold
-    double safe_after_s = 1.0;        // no valid command for this long: safe state, and disarm
-    std::optional<double> max_delta;  // largest change of any action dimension per period
+    double hold_after_periods = 3.0;       // no valid command for this many control periods: hold
+    double safe_after_s = 1.0;             // no valid command for this long: safe state, and disarm
+    std::optional<double> max_delta;       // largest change of any action dimension per period
     std::optional<double> max_command_hz;  // default: 4x the control rate
     bool start_armed = false;
 };
 
 struct ServerConfig {
     std::string bind = "tcp://127.0.0.1:5555";
-    std::string keys;  // folder from `omniloop keys generate`; empty: no CURVE
+    std::string keys;       // folder from `omniloop keys generate`; empty: no CURVE
     bool insecure = false;  // allow a non-loopback bind without keys
     bool lockstep = false;  // a valid command also starts the tick at once
-    std::string log;  // JSON-lines log of every command, applied action and event; empty: none
+    std::string log;        // JSON-lines log of every command, applied action and event; empty: none
     SafetyConfig safety;
 };
 
@@ -87,7 +96,9 @@ struct ConfigError : std::runtime_error {
 };
 
 // Serve `driver` until `stop` becomes true. `on_bound` is called once with the endpoint bound (a
-// port of 0 is resolved), before the first tick. Throws ConfigError or DriverError before serving.
+// port of 0 is resolved), before the first tick. Throws ConfigError (what was asked cannot be served)
+// or what the driver's connect throws, before serving; while serving, a driver's failure latches a
+// fault instead, and only a socket that fails to send ends the loop, with the driver in its safe state.
 void serve(Driver& driver, const ServerConfig& cfg, const std::atomic<bool>& stop,
            void (*on_bound)(const std::string& endpoint, const RobotSpec& spec) = nullptr);
 
