@@ -68,7 +68,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def machine_limits(repeats: int = 200) -> dict[str, float]:
-    """What this CPU does at the configured thread count, measured now: GFLOP/s of a 1024x1024
+    """What this CPU does at torch's thread count, measured now: GFLOP/s of a 1024x1024
     matmul, and µs of one (256, 128) x (128, 128) layer and of a SiLU over its (256, 128) output."""
     gen = torch.Generator().manual_seed(0)
     big, x, w, b = (torch.randn(*s, generator=gen) for s in ((1024, 1024), (256, 128), (128, 128), (128,)))
