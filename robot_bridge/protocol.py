@@ -155,7 +155,7 @@ class _Header(msgspec.Struct):
 
     v: int
     type: str
-    seq: int
+    seq: Annotated[int, msgspec.Meta(ge=0)]
     t_ns: int
     session: str
     body: dict[str, Any]

@@ -50,6 +50,9 @@ REPORT_EVERY_S = 10.0  # a status line on the console this often
 LOG_FLUSH_S = 0.5
 FINE_WAIT_S = 100e-6  # the nap between socket checks in a tick's last 2 ms
 RTT_WINDOW = 4096  # the latest observation-to-command round trips kept for `status`
+# Optional body fields that must have their type when present (a command's are checked with its action).
+# An e-stop is honoured whatever its body holds.
+BODY_TYPES: dict[str, dict[str, type]] = {p.HELLO: {"agent": str, "id": str}, p.ARM: {"clear_fault": bool}}
 
 
 class BindRefused(ValueError):
@@ -373,6 +376,11 @@ class RobotServer:
     def _dispatch(self, peer: bytes, msg: p.Message) -> None:
         kind = msg.type
         self.counts[f"rx_{kind}"] += 1
+        for name, wanted in BODY_TYPES.get(kind, {}).items():
+            value = msg.body.get(name)
+            if value is not None and not isinstance(value, wanted):
+                raise p.ProtocolError(p.MALFORMED, f"{kind} body: {name} must be {wanted.__name__}, "
+                                                   f"got {type(value).__name__}", msg.seq)
         if kind == p.HELLO:
             return self._hello(peer, msg)
         if kind == p.STATUS:

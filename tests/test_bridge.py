@@ -189,6 +189,9 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     assert peer.error_for([not_utf8]) == p.MALFORMED  # a string that is not UTF-8 (it would reach the log)
     assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "body": {7: "x"}})]) == p.MALFORMED  # int key
     assert peer.error_for([*good(), *[b"\0"] * 20]) == p.MALFORMED  # frames beyond any valid message's count
+    assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "seq": -1})]) == p.MALFORMED  # seq below 0
+    assert peer.error_for(peer.message(p.ARM, {"clear_fault": "yes"})) == p.MALFORMED  # a body field of the wrong type
+    assert peer.error_for(peer.message(p.HELLO, {"agent": 7})) == p.MALFORMED  # and the session is not replaced
     peer.send(good(seq=5000))
     assert peer.error_for(good(seq=4000)) == p.OLD_SEQ  # a sequence number from the past
     # beyond libzmq's own limit the connection is dropped before we see a byte; the server stays up
@@ -197,7 +200,7 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     status_peer = RawPeer(srv.endpoint)
     status_peer.send(status_peer.message(p.STATUS))
     status = status_peer.reply(lambda m: m.type == p.STATUS).body
-    assert status["drops"][p.MALFORMED] >= 6 and status["drops"][p.NOT_FINITE] == 2 and status["drops"][p.OLD_SEQ] == 1
+    assert status["drops"][p.MALFORMED] >= 9 and status["drops"][p.NOT_FINITE] == 2 and status["drops"][p.OLD_SEQ] == 1
 
     # still serving: a real agent connects and drives it
     env = RemoteRobotEnv(BridgeConfig(connect=srv.endpoint))

@@ -240,7 +240,7 @@ void decode(const std::deque<zmq_msg_t>& frames, size_t first, Message& msg) {
             throw ProtocolError{
                 "malformed", std::string("header field '") + key + "' must be " + kind + ", got " + type_name(o), ref};
     };
-    need("seq", is_int(seq), "int", seq);
+    need("seq", is_int(seq) && as_int(*seq) >= 0, "an int >= 0", seq);
     msg.seq = as_int(*seq);
     const msgpack_object* t_ns = lookup(h, "t_ns");
     need("t_ns", is_int(t_ns), "int", t_ns);
@@ -956,6 +956,19 @@ private:
     void dispatch(const std::string& peer, const Message& msg) {
         const std::string& kind = msg.type;
         ++counts_["rx_" + kind];
+        // optional body fields that must have their type when present; an e-stop is honoured whatever it holds
+        auto typed = [&](const char* name, msgpack_object_type type, const char* type_word) {
+            const msgpack_object* value = msg.field(name);
+            if (value && value->type != MSGPACK_OBJECT_NIL && value->type != type)
+                throw ProtocolError{"malformed",
+                                    kind + " body: " + name + " must be " + type_word + ", got " + type_name(value),
+                                    msg.seq};
+        };
+        if (kind == "hello") {
+            typed("agent", MSGPACK_OBJECT_STR, "str");
+            typed("id", MSGPACK_OBJECT_STR, "str");
+        }
+        if (kind == "arm") typed("clear_fault", MSGPACK_OBJECT_BOOLEAN, "bool");
         if (kind == "hello") return hello(peer, msg);
         if (kind == "status") return status_reply(peer);
         if (kind == "estop") {  // honoured from any authenticated peer, session or not
