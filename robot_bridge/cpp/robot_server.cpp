@@ -342,6 +342,8 @@ public:
         msgpack_packer_init(&pk_, &buf_, msgpack_sbuffer_write);
     }
     ~Writer() { msgpack_sbuffer_destroy(&buf_); }
+    Writer(const Writer&) = delete;  // it owns its buffer
+    Writer& operator=(const Writer&) = delete;
     Writer& map(size_t n) {
         msgpack_pack_map(&pk_, n);
         return *this;
