@@ -95,6 +95,8 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
         counters.env_step, counters.episode = meta["env_step"], meta["episode"]
         counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
     metrics = MetricsLog(run_dir / "metrics.csv")
+    if resume:  # episodes that ended after the checkpoint (a crash, a kill) are run again: their rows go
+        metrics.drop_after("episode", counters.episode)
     rows: list[dict] = []
     last: EpisodeResult | None = None
     try:

@@ -3,7 +3,8 @@
 One row per episode, so the file stays small: when a row brings a column never seen before, the
 whole file is rewritten (atomically) with the widened header, and older rows get empty cells there.
 Every row is flushed as it is appended. Reopening an existing CSV continues it; a last line torn by
-a crash (no newline at its end) is dropped, since its values cannot be trusted.
+a crash (no newline at its end) is dropped, since its values cannot be trusted. A run resumed from a
+checkpoint drops the rows of the episodes it will run again (`drop_after`), so none appears twice.
 
 Values are int, float or str; bools are written as 0/1 so that success rates average directly.
 Reading gives back int where the cell is an integer, float where it is a number, str otherwise, and
@@ -47,6 +48,21 @@ class MetricsLog:
         with self.path.open("a", newline="") as file:
             csv.DictWriter(file, self.columns).writerow(cells)
             file.flush()
+
+    def drop_after(self, column: str, last: int) -> int:
+        """Remove the rows whose integer `column` is above `last` (rewriting the file); how many went."""
+        kept = [row for row in self._rows if column not in row or self._number(row, column) <= last]
+        dropped = len(self._rows) - len(kept)
+        if dropped:
+            self._rows = kept
+            self._rewrite()
+        return dropped
+
+    def _number(self, row: dict[str, str], column: str) -> float:
+        value = _parse(row[column])
+        if isinstance(value, str):
+            raise ValueError(f"{self.path}: column {column!r} holds {value!r}, not a number")
+        return value
 
     def _load(self) -> None:
         text = self.path.read_text()

@@ -68,7 +68,10 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     # a fresh run into the same folder is refused: it would mix two runs
     assert main(["sim", "--steps", "80", "--out", str(run_dir), "--no-progress", *SMALL]) == 2
 
-    # --resume continues where the run stopped, with the saved config
+    # --resume continues where the run stopped, with the saved config. A row written after the last
+    # checkpoint (a kill between an episode's end and the next checkpoint) goes: that episode runs again.
+    with (run_dir / "metrics.csv").open("a") as file:
+        file.write("80,4\n")
     assert main(["sim", "--resume", str(run_dir), "--steps", "100", "--no-progress"]) == 0
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["env_step"] for r in rows] == [20, 40, 60, 80, 100]

@@ -90,6 +90,12 @@ def test_metrics_widen_header_and_resume(tmp_path: Path) -> None:
     assert rows[1]["note"] == "a, b"
     with pytest.raises(TypeError, match="metric 'bad' is a list"):
         resumed.append({"bad": [1, 2]})
+    # A run resumed from the checkpoint after episode 1 runs episodes 2 and 3 again: their rows go.
+    assert MetricsLog(path).drop_after("episode", 1) == 2
+    assert [r["episode"] for r in read_metrics(path)] == [0, 1]
+    assert read_metrics(path)[1]["note"] == "a, b"
+    with pytest.raises(ValueError, match="column 'note' holds 'a, b', not a number"):
+        MetricsLog(path).drop_after("note", 1)
 
 
 def test_rolling_mean_uses_the_last_window() -> None:
