@@ -160,29 +160,39 @@ class Brain:
             learner={"updates": self.learner.updates, "skipped": self.learner.skipped,
                      "restored": self.learner.restored, "q_scale": self.learner.q_scale},
             deliberation={"surprise_mean": self.deliberation.surprise_mean,
-                          "uncertainty_mean": self.deliberation.uncertainty_mean},
+                          "uncertainty_mean": self.deliberation.uncertainty_mean,
+                          "agreement": self.deliberation.agreement},
             update_credit=self.update_credit, inputs_fitted=self.inputs_fitted,
         )
         return tensors, meta
 
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, same_run: bool = True) -> None:
+        """Put a checkpoint's brain back. `same_run` (a resume) also restores the random streams; a new run
+        started from it (--init) keeps its own seed's streams and its own config's learning rates."""
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
-        optimizer_from_tensors(self.learner.optim, tensors, meta["optim"], prefix="optim")
-        optimizer_from_tensors(self.learner.pi_optim, tensors, meta["pi_optim"], prefix="pi_optim")
+        optimizers = {"optim": self.learner.optim, "pi_optim": self.learner.pi_optim}
+        rates = {name: [group["lr"] for group in opt.param_groups] for name, opt in optimizers.items()}
+        for name, opt in optimizers.items():
+            optimizer_from_tensors(opt, tensors, meta[name], prefix=name)
+            if not same_run:
+                for group, lr in zip(opt.param_groups, rates[name]):
+                    group["lr"] = lr
         arrays = {k[len("memory."):]: v.numpy() for k, v in tensors.items() if k.startswith("memory.")}
         self.memory.load_state(arrays, meta["memory"])
-        self.memory.rng.bit_generator.state = meta["memory_rng"]
-        self.rng.bit_generator.state = meta["rng"]
-        torch.set_rng_state(tensors["rng.torch"])
-        self.plan_rng.set_state(tensors["rng.plan"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if same_run:
+            self.memory.rng.bit_generator.state = meta["memory_rng"]
+            self.rng.bit_generator.state = meta["rng"]
+            torch.set_rng_state(tensors["rng.torch"])
+            self.plan_rng.set_state(tensors["rng.plan"])
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.learner.updates = meta["learner"]["updates"]
         self.learner.skipped = meta["learner"]["skipped"]
         self.learner.restored = meta["learner"].get("restored", 0)  # absent from checkpoints before it was counted
         self.learner.q_scale = meta["learner"]["q_scale"]
         self.deliberation.surprise_mean = meta["deliberation"]["surprise_mean"]
         self.deliberation.uncertainty_mean = meta["deliberation"]["uncertainty_mean"]
+        self.deliberation.agreement = meta["deliberation"].get("agreement")  # absent from checkpoints before it was saved
         self.update_credit = meta["update_credit"]
         self.inputs_fitted = meta["inputs_fitted"]

@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         with safe_open(path, framework="pt") as file:
             header = file.metadata() or {}
             tensors = {name: file.get_tensor(name) for name in file.keys()}
-    except SafetensorError as exc:
+    except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if META_KEY not in header:
         raise CheckpointError(f"{path}: not an omniloop checkpoint (no '{META_KEY}' in the safetensors metadata)")

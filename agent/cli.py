@@ -258,8 +258,8 @@ def train_offline(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S-offline")
         cfg.run.out = str(out)
         validate(cfg)
-        if (out / "checkpoint.safetensors").exists():
-            raise ConfigError(f"{out} already holds a checkpoint; choose another --out")
+        if (out / "checkpoint.safetensors").exists() or (out / "metrics.csv").exists():
+            raise ConfigError(f"{out} already holds a run (its checkpoint or metrics.csv); choose another --out")
         print(f"run folder: {out}")
         summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress)
     except (ConfigError, EpisodeError, CheckpointError) as exc:

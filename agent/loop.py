@@ -26,7 +26,7 @@ import sim
 from agent.body import fit_deadline, make_body
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
-from agent.config import Config, ConfigError, save_config
+from agent.config import Config, ConfigError, changed_fields, flat, save_config, to_dict
 from agent.episodes import StepRecord
 from agent.metrics import MetricsLog
 from agent.plots import plot_health, plot_learning_curve
@@ -75,28 +75,30 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
     if not resume and (run_dir / "metrics.csv").exists():
-        raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume, or choose another --out")
+        how = ("continue it with --resume" if (run_dir / CHECKPOINT).exists()
+               else "it stopped before its first checkpoint, so delete it")
+        raise FileExistsError(f"{run_dir} already holds a run: {how}, or choose another --out")
     env, body_name = make_body(cfg, body, clear_fault)  # the body first: one that cannot be built leaves no run folder
     if body == "robot":
         fit_deadline(cfg, sim.control_period(env))
-    try:
+    counters = Counters()
+    try:  # nothing is written to the run folder until the brain is built and its checkpoint fits
         brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
         if init is not None:
-            start_from(brain, init)  # a checkpoint that does not fit leaves no run folder either
+            start_from(brain, init)
+        if resume:
+            meta = resume_from(brain, cfg, run_dir / CHECKPOINT)
+            counters.env_step, counters.episode = meta["env_step"], meta["episode"]
+            counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
     except BaseException:
         env.close()
         raise
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    counters = Counters()
-    if resume:
-        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-        brain.load_state(tensors, meta)
-        counters.env_step, counters.episode = meta["env_step"], meta["episode"]
-        counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
     metrics = MetricsLog(run_dir / "metrics.csv")
-    if resume:  # episodes that ended after the checkpoint (a crash, a kill) are run again: their rows go
+    if resume:  # episodes that ended after the checkpoint (a crash, a kill) run again: their rows and files go
         metrics.drop_after("episode", counters.episode)
+        set_aside_episodes(run_dir / "episodes", counters.episode)
     rows: list[dict] = []
     last: EpisodeResult | None = None
     try:
@@ -279,17 +281,56 @@ def sim_state(env) -> dict[str, np.ndarray] | None:
 
 
 def start_from(brain: Brain, path: Path) -> None:
-    """Load a checkpoint's brain into a new run; one made for another model or body is refused by name."""
+    """Load a checkpoint's brain into a new run; one made for another model or body is refused by name.
+    The new run keeps its own seed and learning rates: only weights, optimizer moments and memory carry over."""
     tensors, meta = load_checkpoint(path)
     try:
-        brain.load_state(tensors, meta)
+        brain.load_state(tensors, meta, same_run=False)
     except (RuntimeError, KeyError, ValueError) as exc:  # torch names the tensors whose shapes differ
         raise ConfigError(f"--init {path}: its brain does not fit this config and body: {str(exc)[:600]}") from None
 
 
+# What may change between a run and its resumption: where and how fast it runs, how long, what it
+# records, and how it reaches a robot. Anything else would make one run of two different agents.
+RESUMABLE_CHANGES = ("run.steps", "run.out", "run.device", "run.torch_threads", "run.video", "run.checkpoint_every",
+                     "run.record_episodes", "run.record_flush_every", "run.record_queue_steps",
+                     "deliberation.deadline_s", "bridge.")
+
+
+def resume_from(brain: Brain, cfg: Config, path: Path) -> dict:
+    """Load the run's own checkpoint into `brain` -> its meta. A config that changed what the agent is
+    (model, learner, memory, planner, seed...) is refused, naming the fields."""
+    tensors, meta = load_checkpoint(path)
+    if "config" in meta:  # checkpoints from before it was saved there cannot be checked
+        changed = [key for key in changed_fields(meta["config"], to_dict(cfg)) if not key.startswith(RESUMABLE_CHANGES)]
+        if changed:
+            was, now = flat(meta["config"]), flat(to_dict(cfg))
+            listed = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+            raise ConfigError(f"resuming {path.parent}: the config differs from the run's own in {listed}; a resumed "
+                              f"run keeps its config (start a new run from this one with --init instead)")
+    try:
+        brain.load_state(tensors, meta)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"resuming from {path}: its brain does not fit this config and body: {str(exc)[:600]}") from None
+    return meta
+
+
+def set_aside_episodes(folder: Path, first: int) -> None:
+    """Rename the episode files from index `first` on to *.mcap.abandoned: a resumed run records those
+    episodes again, and readers of the folder (train, export) see each episode once; nothing is deleted."""
+    for path in sorted(folder.glob("episode_*.mcap")):
+        index = path.stem.removeprefix("episode_")
+        if index.isdigit() and int(index) >= first:
+            target, n = path.with_name(path.name + ".abandoned"), 1
+            while target.exists():  # set aside by an earlier resume too: keep both
+                target, n = path.with_name(f"{path.name}.abandoned{n}"), n + 1
+            path.rename(target)
+
+
 def checkpoint(brain: Brain, counters: Counters, run_dir: Path) -> None:
     tensors, meta = brain.state()
-    meta.update(env_step=counters.env_step, episode=counters.episode, wall_s=time.time() - counters.started)
+    meta.update(env_step=counters.env_step, episode=counters.episode, wall_s=time.time() - counters.started,
+                config=to_dict(brain.cfg))
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
     if (run_dir / "metrics.csv").exists():
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")

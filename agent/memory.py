@@ -113,11 +113,27 @@ class Memory:
         return arrays, {"ptr": self.ptr, "size": self.size, "episodes": self.episodes}
 
     def load_state(self, arrays: dict[str, np.ndarray], counters: dict[str, int]) -> None:
-        n = int(counters["size"])
+        """Restore what `state` saved, into a ring of this memory's capacity and horizon, which may differ
+        from the saved one's (a run started with --init): the sequences that can be drawn are worked out again."""
+        n, ptr = int(counters["size"]), int(counters["ptr"])
         if n > self.cfg.capacity:
             raise ValueError(f"the checkpoint's memory holds {n} steps, more than memory.capacity={self.cfg.capacity}")
+        # A ring that wrapped at another capacity is laid out oldest first, so that its steps stay in order here.
+        rewrap = n != self.cfg.capacity and 0 < ptr < n
+        order = np.roll(np.arange(n), -ptr) if rewrap else np.arange(n)
         for k, v in self.obs.items():
-            v[:n] = arrays[f"obs.{k}"]
+            v[:n] = arrays[f"obs.{k}"][order]
         for name in ("action", "reward", "terminated", "has_action", "episode", "surprise", "priority"):
-            getattr(self, name)[:n] = arrays[name]
-        self.ptr, self.size, self.episodes = int(counters["ptr"]), n, int(counters["episodes"])
+            getattr(self, name)[:n] = arrays[name][order]
+        self.ptr, self.size, self.episodes = (n if rewrap else ptr) % self.cfg.capacity, n, int(counters["episodes"])
+        self._reopen_sequences()
+
+    def _reopen_sequences(self) -> None:
+        """Open exactly the sequences of H actions that lie inside one episode of the filled ring, keeping
+        the priorities they had; closes any that the saved ring's horizon or capacity allowed and this one does not."""
+        n, cap = self.size, self.cfg.capacity
+        idx = (np.arange(n)[:, None] + np.arange(self.horizon + 1)) % cap  # (n, H+1)
+        valid = (idx < n).all(1) & (self.episode[idx] == self.episode[idx[:, :1]]).all(1) & self.has_action[idx[:, :-1]].all(1)
+        fresh = np.maximum(self.surprise[:n], self.cfg.min_priority)
+        kept = self.priority[:n]
+        self.priority[:n] = np.where(valid, np.where(kept > 0, kept, fresh), 0.0)

@@ -50,7 +50,7 @@ class MetricsLog:
             file.flush()
 
     def drop_after(self, column: str, last: int) -> int:
-        """Remove the rows whose integer `column` is above `last` (rewriting the file); how many went."""
+        """Remove the rows whose numeric `column` is above `last` (rewriting the file); how many went."""
         kept = [row for row in self._rows if column not in row or self._number(row, column) <= last]
         dropped = len(self._rows) - len(kept)
         if dropped:

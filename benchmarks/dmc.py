@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -114,10 +115,12 @@ class Results:
         if all(keep(r) for r in self.rows):
             return
         self.rows = [r for r in self.rows if keep(r)]
-        with open(self.path, "w", newline="") as f:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps every other run's rows
+        with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows({k: r[k] for k in FIELDS} for r in self.rows)
+        os.replace(tmp, self.path)
 
     def add(self, row: dict) -> None:
         new = not self.path.exists()
@@ -134,13 +137,21 @@ class Evaluator:
     """Evaluates each time training passes a multiple of eval_every env steps, and records the result
     with the training time spent so far (evaluation time is kept apart)."""
 
-    def __init__(self, args: argparse.Namespace, agent: str, seed: int, results: Results, repeat: int):
+    def __init__(self, args: argparse.Namespace, agent: str, seed: int, results: Results, repeat: int,
+                 resumed: dict | None = None):
+        """`resumed`: the meta of the checkpoint a run goes on from (its agent steps and wall_s)."""
         self.args, self.agent, self.seed, self.results, self.repeat = args, agent, seed, results, repeat
-        self.next = results.done(agent, args.task, args.obs, seed) + args.eval_every
+        mine = [r for r in results.rows if (r["agent"], r["task"], r["obs"], r["seed"]) == (agent, args.task, args.obs, seed)]
+        start = resumed["env_step"] * repeat if resumed else 0
+        # the next multiple of eval_every past both the rows kept and the checkpoint: steps the brain has
+        # gone past are never evaluated late under their label
+        self.next = max(results.done(agent, args.task, args.obs, seed), start - start % args.eval_every) + args.eval_every
         self.started = time.perf_counter()
         self.eval_s = 0.0
-        self.train_s_before = max((r["train_s"] for r in results.rows if r["agent"] == agent and r["seed"] == seed
-                                   and r["task"] == args.task and r["obs"] == args.obs), default=0.0)
+        if resumed:  # the checkpoint's wall clock counts the evaluations it went through: take them out
+            self.train_s_before = resumed["wall_s"] - sum(r["eval_s"] for r in mine)
+        else:
+            self.train_s_before = max((r["train_s"] for r in mine), default=0.0)
 
     def __call__(self, agent_steps: int, evaluate: Callable[[], Evaluation]) -> None:
         env_steps = agent_steps * self.repeat
@@ -171,15 +182,15 @@ def train_ours(args: argparse.Namespace, seed: int, results: Results) -> None:
     # Resume from the checkpoint (configs/dmc.yaml writes one right after each evaluation); rows
     # evaluated after it are done again. Without a checkpoint the run starts over.
     resume = (run_dir / CHECKPOINT).exists()
-    if resume:
-        done_steps = read_checkpoint_meta(run_dir / CHECKPOINT)["env_step"] * repeat
-        results.drop("omniloop", args.task, args.obs, seed, after=done_steps)
+    resumed = read_checkpoint_meta(run_dir / CHECKPOINT) if resume else None
+    if resumed:
+        results.drop("omniloop", args.task, args.obs, seed, after=resumed["env_step"] * repeat)
     else:
         results.drop("omniloop", args.task, args.obs, seed)
         if run_dir.exists():
             print(f"{run_dir} has no checkpoint: starting that run over")
             shutil.rmtree(run_dir)
-    evaluator = Evaluator(args, "omniloop", seed, results, repeat)
+    evaluator = Evaluator(args, "omniloop", seed, results, repeat, resumed)
 
     def after_episode(brain: Brain, agent_steps: int) -> None:
         evaluator(agent_steps, lambda: evaluate_agent(eval_env, brain, args.eval_episodes, seed))

@@ -73,6 +73,20 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     assert (tmp_path / "moe" / "moe_vs_dense.png").stat().st_size > 1000
 
 
+def test_dmc_evaluations_resumed_past_lost_rows_keep_their_labels_and_training_time(tmp_path):
+    """results.csv lost, the checkpoint at 50 env steps: the brain is evaluated next at 60, never late under
+    20 or 40; its training time is the checkpoint's wall clock less the evaluations it went through."""
+    from agent.evaluate import Evaluation
+
+    dmc = load("dmc")
+    args = dmc.parse_args(["--task", "reacher-easy", "--steps", "100", "--eval-every", "20", "--out", str(tmp_path)])
+    results = dmc.Results(tmp_path / "results.csv")
+    evaluator = dmc.Evaluator(args, "omniloop", 0, results, repeat=2, resumed={"env_step": 25, "wall_s": 100.0})
+    evaluator(30, lambda: Evaluation(2, 5.0, 1.0, None, 10.0))
+    assert [r["env_steps"] for r in results.rows] == [60]
+    assert 100.0 <= results.rows[0]["train_s"] < 105.0
+
+
 def test_dmc_table_gives_a_spread_across_seeds_only_where_there_are_two():
     dmc = load("dmc")
     rows_ = [{"agent": "omniloop", "env_steps": 100_000, "return": r} for r in (900.0, 950.0)]

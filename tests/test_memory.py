@@ -59,6 +59,28 @@ def test_state_round_trip():
     assert np.array_equal(n.priority, m.priority)
 
 
+def test_a_wrapped_ring_loads_into_another_capacity_and_horizon():
+    """--init may give the new run a bigger memory or a shorter horizon: the steps keep their order and
+    exactly the sequences inside one episode can be drawn, as if the steps had been added there."""
+    m = Memory(MemoryConfig(capacity=16), SPEC, 1, horizon=2, seed=0)
+    fill(m, episodes=6, length=4)  # 30 entries: the ring wrapped, its write head mid-way
+    assert 0 < m.ptr < m.size == 16
+    arrays, counters = m.state()
+    for capacity, horizon in ((64, 2), (20, 1), (16, 3)):
+        n = Memory(MemoryConfig(capacity=capacity), SPEC, 1, horizon=horizon, seed=0)
+        n.load_state(arrays, counters)
+        rebuilt = Memory(MemoryConfig(capacity=capacity), SPEC, 1, horizon=horizon, seed=0)
+        for t in np.roll(np.arange(16), -m.ptr):  # the same steps, oldest first
+            obs = {"proprio": m.obs["proprio"][t]}
+            rebuilt.add(obs, m.action[t] if m.has_action[t] else None, float(m.reward[t]), False, float(m.surprise[t]))
+        assert n.n_sequences == rebuilt.n_sequences > 0, (capacity, horizon)
+        batch, _ = n.sample(300)
+        obs = batch["obs"]["proprio"]
+        assert (obs[:, :, 0] == obs[:, :1, 0]).all() and (np.diff(obs[:, :, 1], axis=1) == 1).all()
+        n.add({"proprio": np.array([9, 0], np.float32)}, np.array([0.0], np.float32))  # the head is in the ring
+        assert n.ptr == ((m.ptr + 1) % 16 if capacity == 16 else 17)  # writing goes on after the newest step
+
+
 def test_sampling_an_empty_memory_says_why():
     m = Memory(MemoryConfig(capacity=8), SPEC, 1, horizon=3)
     with pytest.raises(RuntimeError, match="no complete sequence"):

@@ -39,7 +39,7 @@ def test_train_learns_from_episodes_and_sim_init_goes_on_online(tmp_path: Path, 
 
     online = tmp_path / "online"
     assert main(["sim", "--init", str(out / "checkpoint.safetensors"), "--steps", "20", "--out", str(online),
-                 "--no-progress", "run.seed_steps=0", "env.episode_length=10", *SMALL]) == 0
+                 "--no-progress", "run.seed_steps=0", "env.episode_length=10", *SMALL, "learner.lr=0.002"]) == 0
     first = read_metrics(online / "metrics.csv")[0]
     assert first["updates"] > 60  # the learner went on from the offline brain: no seed phase
     from agent.checkpoint import load_checkpoint
@@ -48,6 +48,11 @@ def test_train_learns_from_episodes_and_sim_init_goes_on_online(tmp_path: Path, 
     _, online_meta = load_checkpoint(online / "checkpoint.safetensors")
     assert offline_meta["memory"]["size"] == 52  # 2 files of 25 steps and their final observations
     assert online_meta["memory"]["size"] == 52 + 22  # and the memory went on: 2 online episodes of 10 steps
+    assert [g["lr"] for g in online_meta["pi_optim"]["param_groups"]] == [0.002]  # at the new run's own rate
+
+    # a second `train` into the same folder is refused: its metrics would mix two runs
+    assert main(["train", "--episodes", str(run), "--updates", "5", "--out", str(out), "--no-progress", *SMALL]) == 2
+    assert "already holds a run" in capsys.readouterr().err
 
 
 def test_a_brain_that_does_not_fit_is_refused_and_leaves_no_run(tmp_path: Path, capsys) -> None:

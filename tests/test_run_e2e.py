@@ -20,7 +20,7 @@ SMALL = [
 ]
 
 
-def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
+def test_sim_run_writes_every_artifact_and_resumes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "agent.cli", "sim", "--steps", "60", "--seed", "3", "--out", str(run_dir),
            "--no-progress", *SMALL]
@@ -68,11 +68,19 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path):
     # a fresh run into the same folder is refused: it would mix two runs
     assert main(["sim", "--steps", "80", "--out", str(run_dir), "--no-progress", *SMALL]) == 2
 
-    # --resume continues where the run stopped, with the saved config. A row written after the last
-    # checkpoint (a kill between an episode's end and the next checkpoint) goes: that episode runs again.
+    # a resumed run keeps its config: a change to what the agent is, is refused by name, and nothing is written
+    saved = (run_dir / "config.yaml").read_bytes()
+    assert main(["sim", "--resume", str(run_dir), "--no-progress", "learner.lr=0.01", "planner.samples=64"]) == 2
+    assert "learner.lr 0.0003 -> 0.01, planner.samples" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_bytes() == saved
+
+    # --resume continues where the run stopped, with the saved config. An episode that ended after the
+    # last checkpoint (a kill before the next one) runs again: its row goes, its file is set aside.
     with (run_dir / "metrics.csv").open("a") as file:
         file.write("80,4\n")
+    (run_dir / "episodes" / "episode_000003.mcap").write_bytes(episodes[0].read_bytes())
     assert main(["sim", "--resume", str(run_dir), "--steps", "100", "--no-progress"]) == 0
+    assert (run_dir / "episodes" / "episode_000003.mcap.abandoned").read_bytes() == episodes[0].read_bytes()
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["env_step"] for r in rows] == [20, 40, 60, 80, 100]
     assert rows[-1]["wall_s"] > rows[2]["wall_s"]
