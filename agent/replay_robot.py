@@ -185,10 +185,10 @@ def _move_to(env, pose: Pose, obs: dict, target: np.ndarray, cfg: RobotReplayCon
 
 
 def _command(env, pose: Pose, obs: dict, setpoint: np.ndarray, cfg: RobotReplayConfig) -> np.ndarray:
-    """The action that takes the joints towards `setpoint`, within the action space."""
+    """The action that takes the joints towards `setpoint`, within the action space (the agent's units)."""
     space = env.action_space
-    if pose.action == "position":
-        action = setpoint
+    if pose.action == "position":  # the setpoint is in the robot's units: radians or metres
+        action = env.agent_action(setpoint)
     else:
         now = pose.joints(obs["proprio"])
         velocity = np.asarray(obs["proprio"], np.float64)[pose.velocity] if pose.velocity else 0.0

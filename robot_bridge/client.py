@@ -391,9 +391,15 @@ class RemoteRobotEnv(gymnasium.Env):
         """An action in the agent's units -> the robot's (the identity without normalize_actions)."""
         return action * self._half_span + self._middle if self._maps else action
 
+    def agent_action(self, robot_action: np.ndarray) -> np.ndarray:
+        """An action in the robot's own units (a joint target in radians, say) -> the agent's units,
+        which `step` takes; a new array (the identity without normalize_actions)."""
+        robot_action = np.asarray(robot_action, np.float32)
+        return (robot_action - self._middle) / self._half_span if self._maps else robot_action.copy()
+
     def _from_robot(self, action: np.ndarray) -> np.ndarray:
         """A robot's action (a read-only view of a frame) -> the agent's units, as a new array."""
-        return (action - self._middle) / self._half_span if self._maps else action.copy()
+        return self.agent_action(action)
 
     def _observation(self, msg: p.Message) -> dict[str, np.ndarray]:
         return {k: np.array(msg.arrays[k]) for k in self.spec_.observation}

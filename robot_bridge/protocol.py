@@ -37,8 +37,9 @@ ARM, DISARM, ESTOP, RESET, STATUS, BYE = "arm", "disarm", "estop", "reset", "sta
 ACK, ERROR, FAULT = "ack", "error", "fault"
 TYPES = frozenset({HELLO, WELCOME, OBS, COMMAND, HEARTBEAT, ARM, DISARM, ESTOP, RESET, STATUS, BYE, ACK, ERROR, FAULT})
 
-# Limits. A message over MAX_MESSAGE_BYTES is dropped by libzmq itself (ZMQ_MAXMSGSIZE) before it
-# reaches us; the finer limits are checked here and answered with an error reply.
+# Limits. A frame over MAX_MESSAGE_BYTES is dropped by libzmq itself (ZMQ_MAXMSGSIZE, which it checks
+# per frame) before it reaches us; `receive` keeps no more frames than a message can have, and the finer
+# limits are checked here and answered with an error reply.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 8
 MAX_ARRAY_BYTES = 16 * 1024 * 1024
@@ -136,7 +137,10 @@ def decode(frames: list[bytes]) -> Message:
         if len(raw) != expected:
             raise ProtocolError(BAD_SHAPE, f"array {d.name!r}: {d.dtype}{d.shape} needs {expected} bytes, "
                                            f"the frame has {len(raw)}", seq)
-        arrays[d.name] = np.ndarray(d.shape, wire, raw)  # a read-only view of the frame, no copy
+        try:
+            arrays[d.name] = np.ndarray(d.shape, wire, raw)  # a read-only view of the frame, no copy
+        except ValueError as exc:  # an empty array whose other dimensions overflow numpy's index type
+            raise ProtocolError(BAD_SHAPE, f"array {d.name!r}: shape {d.shape}: {exc}", seq) from None
     return Message(header.type, seq, header.body, arrays, header.session, header.t_ns)
 
 
@@ -238,11 +242,18 @@ def send(sock: zmq.Socket, frames: list[bytes | memoryview], flags: int = 0) -> 
 
 
 def receive(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
-    """Every frame of the next message (raises zmq.Again as `recv` does)."""
+    """Every frame of the next message (raises zmq.Again as `recv` does). ZMQ_MAXMSGSIZE bounds each
+    frame, not their number: past the most a valid message has (a routing id, the header and MAX_ARRAYS
+    arrays), a frame is read and let go, and an empty one stands in for it, so that `decode` refuses the
+    message by its frame count while memory holds at most that many frames."""
     frames = [sock.recv(flags, copy=True)]
     while sock.getsockopt(_RCVMORE):
         # ZeroMQ delivers a multipart message whole: once its first frame is here, so are the rest
-        frames.append(sock.recv(0, copy=True))
+        if len(frames) < MAX_ARRAYS + 2:
+            frames.append(sock.recv(0, copy=True))
+        else:
+            sock.recv(0, copy=False)
+            frames.append(b"")
     return frames
 
 

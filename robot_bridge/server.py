@@ -281,7 +281,7 @@ class RobotServer:
             return
         body = {"tick": self.tick, "t_capture_ns": time.time_ns(), "command_seq": command_seq,
                 "mode": self.mode, "fault": self.fault, "watchdog": self.watch_state}
-        arrays = {**obs, "applied": applied}
+        arrays = {**{name: obs[name] for name in self.spec.observation}, "applied": applied}  # what the spec promises
         if self.peer:
             t_ns = time.time_ns()
             self._send(p.Message(p.OBS, self._next_seq(), body, arrays, self.session, t_ns))
@@ -346,6 +346,8 @@ class RobotServer:
         if applied.shape != self._action_shape:
             raise ValueError(f"the driver reports an applied action of shape {list(applied.shape)}, "
                              f"its spec says {list(self._action_shape)}")
+        if not np.all(np.isfinite(applied)):  # the next step's max_delta would have nothing to hold on to
+            raise ValueError(f"the driver reports a non-finite applied action {applied.tolist()}")
         return applied
 
     def _disarm(self, reason: str, safe: bool = False) -> None:

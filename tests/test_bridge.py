@@ -189,6 +189,9 @@ def test_malformed_messages_get_an_error_reply_or_a_counted_drop_and_the_server_
     assert peer.error_for([not_utf8]) == p.MALFORMED  # a string that is not UTF-8 (it would reach the log)
     assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "body": {7: "x"}})]) == p.MALFORMED  # int key
     assert peer.error_for([*good(), *[b"\0"] * 20]) == p.MALFORMED  # frames beyond any valid message's count
+    empty_but_vast = {**header, "v": 1, "seq": 2001, "arrays": [{"name": "action", "dtype": "float32",
+                                                                  "shape": [0, 2**62, 2**62]}]}
+    assert peer.error_for([msgspec.msgpack.encode(empty_but_vast), b""]) == p.BAD_SHAPE  # numpy cannot index it
     assert peer.error_for([msgspec.msgpack.encode({**header, "v": 1, "seq": -1})]) == p.MALFORMED  # seq below 0
     assert peer.error_for(peer.message(p.ARM, {"clear_fault": "yes"})) == p.MALFORMED  # a body field of the wrong type
     assert peer.error_for(peer.message(p.HELLO, {"agent": 7})) == p.MALFORMED  # and the session is not replaced
@@ -229,6 +232,17 @@ def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(robot):
     for e in ticks:  # what the agent was told it applied is what the server applied at that tick
         if e["tick"] in reported:
             assert np.allclose(reported[e["tick"]], e["action"])
+
+
+def test_the_absolute_limits_hold_even_when_the_last_applied_action_lies_outside_them():
+    from robot_bridge.safety import limit_action
+
+    low, high = np.array([-1.0, -1.0], np.float32), np.array([1.0, 1.0], np.float32)
+    last = np.array([1.5, 0.0], np.float32)  # a position arm moved by hand beyond its limit
+    out = limit_action(np.array([3.0, 0.8], np.float32), low, high, last, max_delta=0.05)
+    assert np.allclose(out, [1.0, 0.05])
+    unknown = np.array([np.nan, np.nan], np.float32)  # after a driver failure: only the limits apply
+    assert np.allclose(limit_action(np.array([3.0, 0.8], np.float32), low, high, unknown, 0.05), [1.0, 0.8])
 
 
 def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes(robot):

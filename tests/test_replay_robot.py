@@ -54,3 +54,22 @@ def test_a_robot_that_is_not_the_episodes_body_is_refused(server, tmp_path):
     done = subprocess.run(replay(path, srv.endpoint), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not the same body" in done.stderr and "Traceback" not in done.stderr
     assert not srv.events("command")  # nothing was sent
+
+
+def test_a_position_robots_setpoint_goes_out_in_the_agents_units():
+    """A joint target of 0.5 rad on an arm whose limits are +-pi is the normalized action 0.5 / pi: sent
+    as 0.5 it would go out as 0.5 * pi = 1.57 rad."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from agent.replay_robot import Pose, RobotReplayConfig, _command
+    from robot_bridge.client import RemoteRobotEnv
+
+    class PositionArm:  # what _command uses of RemoteRobotEnv, with its unit mapping
+        action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        _maps, _middle, _half_span = True, np.zeros(2, np.float32), np.full(2, np.pi, np.float32)
+        agent_action = RemoteRobotEnv.agent_action
+
+    pose = Pose(position=[0, 1], velocity=[], continuous=[False, False], action="position")
+    action = _command(PositionArm(), pose, {"proprio": np.zeros(2)}, np.array([0.5, -4.0]), RobotReplayConfig())
+    assert np.allclose(action, [0.5 / np.pi, -1.0])  # and beyond the limits, clipped to them

@@ -816,6 +816,8 @@ private:
         if (a.size() != spec_.action_low.size())
             throw DriverError("the driver reports an applied action of " + std::to_string(a.size()) +
                               " values, its spec says " + std::to_string(spec_.action_low.size()));
+        if (!std::all_of(a.begin(), a.end(), [](float v) { return std::isfinite(v); }))
+            throw DriverError("the driver reports a non-finite applied action");  // max_delta needs it known
         return a;
     }
 
@@ -854,10 +856,9 @@ private:
         }
     }
 
-    // Clip to [low, high], then to the last applied action +- max_delta (unless it is unknown).
+    // Clip to the last applied action +- max_delta (unless it is unknown), then to [low, high]: the
+    // absolute limits come last so that they hold even when the last applied action lay outside them.
     std::vector<float> limit(std::vector<float> a) const {
-        for (size_t i = 0; i < a.size(); ++i)
-            a[i] = std::min(std::max(a[i], spec_.action_low[i]), spec_.action_high[i]);
         const auto& md = cfg_.safety.max_delta;
         bool known = last_applied_ && std::all_of(last_applied_->begin(), last_applied_->end(),
                                                   [](float v) { return std::isfinite(v); });
@@ -865,6 +866,8 @@ private:
             for (size_t i = 0; i < a.size(); ++i)
                 a[i] = std::min(std::max(a[i], static_cast<float>((*last_applied_)[i] - *md)),
                                 static_cast<float>((*last_applied_)[i] + *md));
+        for (size_t i = 0; i < a.size(); ++i)
+            a[i] = std::min(std::max(a[i], spec_.action_low[i]), spec_.action_high[i]);
         return a;
     }
 
