@@ -117,7 +117,16 @@ def validate(cfg: Config) -> None:
     need(1 <= cfg.learner.td_steps <= cfg.learner.horizon,
          f"learner.td_steps must be in [1, learner.horizon={cfg.learner.horizon}], got {cfg.learner.td_steps}")
     need(cfg.learner.updates_per_step >= 0, f"learner.updates_per_step must be >= 0, got {cfg.learner.updates_per_step}")
+    need(wm.num_q >= 2, f"worldmodel.num_q must be at least 2 (targets take the lower of 2 heads), got {wm.num_q}")
+    need(cfg.learner.reconstruct_samples >= 1,
+         f"learner.reconstruct_samples must be at least 1, got {cfg.learner.reconstruct_samples}")
     need(cfg.planner.horizon >= 1 and cfg.planner.iterations >= 1, "planner.horizon and planner.iterations must be >= 1")
+    need(cfg.planner.temperature > 0, f"planner.temperature must be > 0, got {cfg.planner.temperature}")
+    need(0 < cfg.planner.min_std <= cfg.planner.max_std,
+         f"planner.min_std and max_std must satisfy 0 < min_std <= max_std, got {cfg.planner.min_std} and {cfg.planner.max_std}")
+    need(cfg.planner.discount == cfg.learner.discount,
+         f"planner.discount ({cfg.planner.discount}) must equal learner.discount ({cfg.learner.discount}): the value "
+         "that closes each imagined horizon was trained with the learner's")
     need(1 <= cfg.planner.elites <= cfg.planner.samples,
          f"planner.elites must be in [1, planner.samples={cfg.planner.samples}], got {cfg.planner.elites}")
     need(0.0 <= cfg.planner.policy_fraction < 1.0,

@@ -63,7 +63,8 @@ class Memory:
         self.reward[i] = reward
         self.terminated[i] = float(terminated)
         self.episode[i] = self.episodes
-        self.surprise[i] = 1.0 if surprise is None else surprise
+        # unknown, or not a number (a NaN in the step's observation): an ordinary priority, so sampling stays defined
+        self.surprise[i] = 1.0 if surprise is None or not np.isfinite(surprise) else surprise
         self.ptr = (i + 1) % self.cfg.capacity
         self.size = min(self.size + 1, self.cfg.capacity)
         self._open_sequence_ending_at(i)
@@ -100,7 +101,8 @@ class Memory:
         return batch, starts
 
     def update_priorities(self, starts: np.ndarray, surprise: np.ndarray) -> None:
-        live = self.priority[starts] > 0  # a sequence overwritten since it was drawn stays closed
+        # a sequence overwritten since it was drawn stays closed; a non-finite surprise keeps the old priority
+        live = (self.priority[starts] > 0) & np.isfinite(surprise)
         self.priority[starts[live]] = np.maximum(surprise[live], self.cfg.min_priority)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:

@@ -24,6 +24,7 @@ The wall-clock deadline always holds: the search returns its best plan when it r
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 
@@ -82,11 +83,22 @@ class Deliberation:
         if self.promise:
             self.promise.reset()
 
+    def _ema(self, mean: float | None, sample: float) -> float | None:
+        """The running mean with `sample` in it. A non-finite sample (a NaN in an observation) is left out:
+        once in, it would stay in the mean for good and switch the budget, replanning and fast path off."""
+        if not math.isfinite(sample):
+            return mean
+        return sample if mean is None else mean + self.cfg.surprise_ema * (sample - mean)
+
     def observe(self, surprise: float) -> bool:
         """Report the last step's surprise; returns True when it dropped the warm start."""
+        if not math.isfinite(surprise):  # the model could not say how far off it was: search afresh
+            self.relative_surprise = self.cfg.think_max
+            self.mppi.reset()
+            return True
         mean = self.surprise_mean if self.surprise_mean is not None else surprise
         self.relative_surprise = surprise / max(mean, 1e-8)
-        self.surprise_mean = mean + self.cfg.surprise_ema * (surprise - mean)
+        self.surprise_mean = self._ema(self.surprise_mean, surprise)
         if self.relative_surprise > self.cfg.replan_surprise:
             self.mppi.reset()
             return True
@@ -100,8 +112,8 @@ class Deliberation:
         value = float(model.value(z0[None], prior)[0]) if self.promise or self.cfg.fast_path else float("nan")
         unsure = float(model.uncertainty(z0[None], prior)[0])
         mean_u = self.uncertainty_mean if self.uncertainty_mean is not None else unsure
-        self.uncertainty_mean = mean_u + self.cfg.surprise_ema * (unsure - mean_u)
-        relative_unsure = unsure / max(mean_u, 1e-8)
+        self.uncertainty_mean = self._ema(self.uncertainty_mean, unsure)
+        relative_unsure = unsure / max(mean_u, 1e-8) if math.isfinite(unsure) else self.cfg.think_max
 
         cfg = self.cfg
         # The check judges steps taken without exploration only: noise makes the return fall short of
@@ -127,7 +139,7 @@ class Deliberation:
         remaining = cfg.deadline_s - (time.perf_counter() - start)
         action, trace = self.mppi.plan(model, z0, iterations, remaining, cfg.explore if explore else 0.0)
         gap = float((prior[0] - self.mppi.mean[0]).abs().mean())  # the search's choice, before any noise
-        self.agreement = gap if self.agreement is None else self.agreement + cfg.surprise_ema * (gap - self.agreement)
+        self.agreement = self._ema(self.agreement, gap)
         trace.think_ms = 1e3 * (time.perf_counter() - start)
         return action, trace
 

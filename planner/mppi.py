@@ -101,7 +101,8 @@ class MPPI:
             actions = (mean + std * noise).clamp(-1, 1)
             if pi_actions is not None:
                 actions = torch.cat([pi_actions, actions], 0)
-            returns = self.imagine(model, z0, actions)
+            # a candidate whose return is not a number (a NaN in the state) ranks last, not first
+            returns = self.imagine(model, z0, actions).nan_to_num(nan=-1e9, posinf=1e9, neginf=-1e9)
             elite_ret, idx = returns.topk(cfg.elites)
             elites = actions[idx]
             if float(elite_ret[0]) > best_ret:

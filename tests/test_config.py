@@ -72,6 +72,11 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     ("learner.snapshot_every=0", "learner.snapshot_every"),
     ("deliberation.promise_window=-1", "deliberation.promise_window"),
     ("deliberation.promise_tolerance=0", "deliberation.promise_tolerance"),
+    ("worldmodel.num_q=1", "worldmodel.num_q"),
+    ("learner.reconstruct_samples=0", "learner.reconstruct_samples"),
+    ("planner.temperature=0", "planner.temperature"),
+    ("planner.min_std=3", "planner.min_std"),
+    ("planner.discount=0.99", "planner.discount"),
 ])
 def test_values_that_cannot_work_are_refused_by_name(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

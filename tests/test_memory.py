@@ -81,6 +81,17 @@ def test_a_wrapped_ring_loads_into_another_capacity_and_horizon():
         assert n.ptr == ((m.ptr + 1) % 16 if capacity == 16 else 17)  # writing goes on after the newest step
 
 
+def test_a_non_finite_surprise_leaves_sampling_defined():
+    m = Memory(MemoryConfig(capacity=64), SPEC, 1, horizon=1, seed=0)
+    fill(m, episodes=2, length=5, surprise=lambda e, t: float("nan") if t == 2 else 1.0)
+    assert np.isfinite(m.priority).all() and m.n_sequences == 10
+    _, starts = m.sample(8)
+    before = m.priority.copy()
+    m.update_priorities(starts, np.full(len(starts), np.nan))
+    assert np.array_equal(m.priority, before)  # a NaN re-measurement keeps the old priority
+    m.sample(8)
+
+
 def test_sampling_an_empty_memory_says_why():
     m = Memory(MemoryConfig(capacity=8), SPEC, 1, horizon=3)
     with pytest.raises(RuntimeError, match="no complete sequence"):

@@ -48,6 +48,16 @@ def test_mppi_finds_the_optimum_of_a_known_model():
     assert torch.allclose(trace.expected_latent, model.step(torch.zeros(1, 2), action[None])[0])
 
 
+def test_mppi_ranks_candidates_whose_return_is_not_a_number_last():
+    class Broken(PointMass):  # moving right along x breaks the model: NaN
+        def reward(self, z, a):
+            r = super().reward(z, a)
+            return torch.where(a[..., 0] > 0, torch.full_like(r, float("nan")), r)
+
+    action, trace = planner().plan(Broken([-0.05, 0.0]), torch.zeros(2))
+    assert torch.isfinite(action).all() and action[0] <= 0 and trace.best_return > -0.01
+
+
 def test_mppi_warm_start_shifts_the_last_plan():
     model = PointMass([0.3, 0.0])  # three steps away at full speed
     mppi = planner()
@@ -225,3 +235,14 @@ def test_system_one_calm_steps_are_not_held_against_the_search():
         _, trace = d.decide(model, z, explore=False)
         d.rewarded(0.0)
         assert trace.fast_path and not trace.takeover
+
+
+def test_a_non_finite_surprise_or_disagreement_never_sticks_in_the_running_means():
+    """A NaN in an observation makes that step's surprise NaN: the search starts afresh, and the means
+    that budget thinking, replanning and the fast path carry on from their last finite values."""
+    d = Deliberation(DeliberationConfig(surprise_ema=0.5), planner(), value_discount=0.9)
+    d.observe(1.0)
+    assert d.observe(float("nan")) and d.surprise_mean == 1.0
+    assert d._ema(0.2, float("nan")) == 0.2 and d._ema(None, float("inf")) is None and d._ema(0.2, 0.4) == pytest.approx(0.3)
+    d.observe(0.5)
+    assert d.surprise_mean == 0.75

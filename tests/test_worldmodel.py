@@ -286,6 +286,21 @@ def test_learner_restores_the_last_good_weights_after_a_blow_up():
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def test_input_statistics_leave_non_finite_rows_out_and_a_non_finite_buffer_is_never_a_good_snapshot():
+    torch.manual_seed(0)
+    model = WorldModel({"proprio": (4,)}, 1, small_config())
+    learner = Learner(model, LearnerConfig(batch_size=4, horizon=2))
+    x = torch.randn(50, 4)
+    x[7, 2] = float("nan")  # one sensor reading that failed
+    tokenizer = model.encoder.tokenizers["proprio"]
+    tokenizer.fit(x)
+    assert torch.allclose(tokenizer.shift, torch.cat([x[:7], x[8:]]).mean(0))
+    learner.good = None
+    tokenizer.scale[0] = float("nan")
+    learner.snapshot()
+    assert learner.good is None  # restoring it would restore the NaN
+
+
 def test_n_step_targets_sum_rewards_then_bootstrap_and_stop_at_a_termination():
     from worldmodel.learner import n_step_targets
 

@@ -94,9 +94,9 @@ class Learner:
 
     # -- health ----------------------------------------------------------------------------------
     def snapshot(self) -> None:
-        """Remember the weights and optimizer states, if every weight is finite."""
-        params = [p.detach() for p in self.model.parameters()]
-        if not bool(torch.isfinite(torch.stack([p.abs().max() for p in params])).all()):
+        """Remember the weights and optimizer states, if every weight and buffer (the input statistics) is finite."""
+        tensors = [t.detach() for t in self.model.state_dict().values() if t.is_floating_point() and t.numel()]
+        if not bool(torch.isfinite(torch.stack([t.abs().max() for t in tensors])).all()):
             return
         self.good = copy.deepcopy({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
                                    "pi_optim": self.pi_optim.state_dict(), "q_scale": self.q_scale})

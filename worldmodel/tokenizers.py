@@ -96,8 +96,12 @@ class VectorTokenizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
-        """Set the normalization from a sample of inputs (N, dim)."""
+        """Set the normalization from a sample of inputs (N, dim), leaving out rows that are not all finite
+        (a sensor's NaN would otherwise make every later input NaN)."""
         x = x.float()
+        x = x[torch.isfinite(x).all(1)]
+        if len(x) < 2:
+            return  # nothing to fit on: the normalization stays as it was
         self.shift.copy_(x.mean(0))
         self.scale.copy_(x.std(0).clamp_min(1e-3))
 
