@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -48,8 +49,13 @@ def generate(folder: Path, client_name: str = "client") -> dict[str, Path]:
                 made["server"] = public
                 continue
             raise FileExistsError(f"{public} exists: choose another client name")
-        zmq.auth.create_certificates(str(folder), name)
+        mask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+        try:
+            zmq.auth.create_certificates(str(folder), name)
+        finally:
+            os.umask(mask)
         secret.chmod(0o600)
+        public.chmod(0o644)  # the public half is made to be shared
         made[name] = public
     allowed = folder / AUTHORIZED
     allowed.mkdir(exist_ok=True)

@@ -314,6 +314,7 @@ def test_a_client_with_an_unknown_key_is_refused(robot, tmp_path):
     assert main(["keys", "generate", str(tmp_path / "stranger")]) == 0
     srv = robot("--keys", str(tmp_path / "keys"))
     keys, stranger = tmp_path / "keys", tmp_path / "stranger"
+    assert (keys / "server.key_secret").stat().st_mode & 0o077 == 0 and (keys / "client.key_secret").stat().st_mode & 0o077 == 0
     bad = BridgeConfig(connect=srv.endpoint, server_key=str(keys / "server.key"),
                        client_key=str(stranger / "client.key_secret"), connect_timeout_s=1.0)
     with pytest.raises(ConnectionError, match="authorized_clients"):
