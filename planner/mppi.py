@@ -4,8 +4,8 @@ Each iteration samples candidate action sequences around a Gaussian (mean, std) 
 imagines each in the world model, scores it by discounted predicted reward plus the value of where it
 ends, and moves the Gaussian toward the softmax-weighted best (the elites). A share of the candidates
 are rollouts of the policy prior, so System 1's proposal is always in the running. The search starts
-from the previous plan shifted by one step, and stops at the wall-clock deadline with the best plan
-found so far. All candidates travel through the model as one batch.
+from the previous plan shifted by one step, and starts no iteration that would end past the wall-clock
+deadline (judged by the ones so far), returning the best plan found by then. All candidates travel through the model as one batch.
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ class MPPI:
             mean = (w * elites).sum(0)
             std = ((w * (elites - mean) ** 2).sum(0)).sqrt().clamp(cfg.min_std, cfg.max_std)
             done += 1
-            if deadline_s is not None and time.perf_counter() - start > deadline_s:
-                break
+            elapsed = time.perf_counter() - start
+            if deadline_s is not None and elapsed * (done + 1) / done > deadline_s:
+                break  # another iteration, as long as the ones so far, would end past the deadline
 
         # Commit to the refined mean unless a single sample beat it clearly; both are warm starts.
         plan = mean if float(self.imagine(model, z0, mean[None])[0]) >= best_ret - 1e-6 else best_plan

@@ -79,6 +79,31 @@ def test_mppi_stops_at_the_deadline_with_its_best_plan():
     assert action.abs().max() <= 1
 
 
+def test_mppi_starts_no_iteration_that_would_end_past_the_deadline(monkeypatch):
+    clock = [0.0]
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    class Ticking(PointMass):  # every latent step takes 5 ms of a clock the test owns
+        def step(self, z, a):
+            clock[0] += 0.005
+            return super().step(z, a)
+
+    monkeypatch.setattr("planner.mppi.time", Clock)
+    model = Ticking([0.05, 0.05])
+    spent = []
+    for n in (1, 2):
+        clock[0] = 0.0
+        planner(policy_fraction=0.0).plan(model, torch.zeros(2), iterations=n)
+        spent.append(clock[0])
+    per_iteration = spent[1] - spent[0]
+    _, trace = planner(policy_fraction=0.0).plan(model, torch.zeros(2), iterations=100, deadline_s=2.5 * per_iteration)
+    assert trace.iterations == 2  # a third would have ended at 3 iterations' time, past the deadline
+
+
 def test_deliberation_thinks_longer_after_a_surprise_and_drops_the_plan():
     d = Deliberation(DeliberationConfig(fast_path=False, think_min=0.5, think_max=2.0, replan_surprise=3.0), planner(),
                      value_discount=0.9)
