@@ -425,6 +425,8 @@ class RobotServer:
             self._ack(peer, msg)
             self.session, self.peer = "", b""
             self.pending = self.last_command = None
+            if self.mode == "armed":  # whoever drives next arms it first
+                self._disarm("bye: the agent left")
 
     def _hello(self, peer: bytes, msg: p.Message) -> None:
         if self.session:
@@ -432,6 +434,8 @@ class RobotServer:
             self.replaced.append(self.session)
         self.session, self.peer, self.peer_seq = uuid.uuid4().hex, peer, msg.seq
         self.pending = self.last_command = None
+        if self.mode == "armed":  # a new session arms before its first command, as a first one does
+            self._disarm("a new session")
         agent = str(msg.body.get("agent", "?"))[:80]
         self.record("hello", session=self.session, agent=agent, agent_id=str(msg.body.get("id", ""))[:64])
         log.info("session %s for agent %s", self.session[:8], agent)

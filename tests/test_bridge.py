@@ -273,6 +273,16 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
     for _ in range(3):
         obs = client.wait_for(lambda m: m.type == p.OBS and m.body["tick"] > armed_at, 1.0)
         assert np.allclose(obs.arrays["applied"], 0.0) and obs.body["command_seq"] is None  # the hold: no torque
+    # a new session finds the robot disarmed: it arms before it drives, as the first did
+    other = RobotClient(BridgeConfig(connect=srv.endpoint))
+    other.connect()
+    assert other.mode == "disarmed"
+    seq = other.send(p.COMMAND, {}, {"action": np.zeros(2, np.float32)})
+    assert other.wait_for(lambda m: m.type == p.ERROR and m.body["ref_seq"] == seq, 1.0).body["code"] == p.DISARMED
+    other.request(p.ARM)
+    other.request(p.BYE)
+    assert client.status()["mode"] == "disarmed"  # and an agent that leaves leaves it disarmed
+    other.close()
     client.close()
 
 

@@ -1027,6 +1027,7 @@ private:
         peer_.clear();
         pending_.reset();
         last_command_.reset();
+        if (mode_ == "armed") disarm("bye: the agent left");  // whoever drives next arms it first
     }
 
     void hello(const std::string& peer, const Message& msg) {
@@ -1040,6 +1041,7 @@ private:
         peer_seq_ = msg.seq;
         pending_.reset();
         last_command_.reset();
+        if (mode_ == "armed") disarm("a new session");  // it arms before its first command, as a first one does
         const msgpack_object* agent = msg.field("agent");
         const msgpack_object* id = msg.field("id");
         record("hello", {{"session", json_str(session_)},
