@@ -43,6 +43,7 @@ class RobotClient:
         self.spec: RobotSpec | None = None
         self.limits: dict[str, Any] = {}
         self.mode = "?"
+        self.fault: str | None = None  # the reason of the last fault the robot reported, in any message
         self.clock_offset_ns = 0  # the robot's clock minus ours
         self.clock_samples: deque[tuple[int, int]] = deque(maxlen=CLOCK_SAMPLES)  # (round trip, offset) ns
         self.last_sync = 0.0
@@ -67,6 +68,7 @@ class RobotClient:
             raise ConnectionError(f"{self.cfg.connect} refused hello: {reply.body.get('code')}: {reply.body.get('detail')}")
         self.spec = RobotSpec.from_wire(reply.body.get("spec"))
         self.session, self.mode = str(reply.body.get("session", reply.session)), reply.body.get("mode", "?")
+        self.fault = reply.body.get("fault") if self.mode == "faulted" else None
         self.limits = dict(reply.body.get("limits") or {})
         self.clock_samples.clear()
         for _ in range(8):  # a first estimate of the clock offset before the first observation
@@ -158,6 +160,8 @@ class RobotClient:
                 continue
             if msg.type == p.HEARTBEAT:
                 self._clock_sample(msg)
+            elif msg.type == p.FAULT:  # sent once: remembered here, whoever was waiting for something else
+                self.fault = str(msg.body.get("reason"))
             return msg
 
     def wait_for(self, wanted, timeout_s: float) -> p.Message | None:
@@ -173,11 +177,14 @@ class RobotClient:
         seq = self.send(kind, body)
         reply = self.wait_for(lambda m: m.type in (p.ACK, p.ERROR) and m.body.get("ref_seq") == seq, timeout_s)
         if reply is None:
-            raise ConnectionError(f"{self.cfg.connect}: no answer to {kind} within {timeout_s} s")
+            raise ConnectionError(f"{self.cfg.connect}: no answer to {kind} within {timeout_s} s{self._fault_note()}")
         if reply.type == p.ERROR:
             raise RobotFault(f"the robot refused {kind}: {reply.body.get('code')}: {reply.body.get('detail')}")
         self.mode = reply.body.get("mode", self.mode)
         return reply
+
+    def _fault_note(self) -> str:
+        return f"; the robot reported a fault: {self.fault}" if self.fault else ""
 
     def status(self, timeout_s: float = 1.0) -> dict:
         self.send(p.STATUS)
@@ -349,7 +356,8 @@ class RemoteRobotEnv(gymnasium.Env):
             if msg.type == p.OBS and self._valid(msg):
                 self._newest = msg
                 return msg
-        raise ConnectionError(f"{self.cfg.connect}: connected, but no observation within {self.cfg.step_timeout_s} s")
+        raise ConnectionError(f"{self.cfg.connect}: connected, but no observation within {self.cfg.step_timeout_s} s"
+                              f"{self.client._fault_note()}")
 
     def _reconnect(self) -> None:
         self.client.reconnect()

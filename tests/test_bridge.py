@@ -258,6 +258,7 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
     client.request(p.ESTOP, {"reason": "test"})
     fault = client.wait_for(lambda m: m.type == p.OBS and m.body["mode"] == "faulted", 1.0)
     assert "e-stop" in fault.body["fault"]
+    assert "e-stop" in client.fault  # the one fault message, kept though the wait above dropped it
     with pytest.raises(RobotFault, match="clear_fault"):
         client.request(p.ARM)  # arming does not clear a latched fault ...
     client.request(p.DISARM)
