@@ -244,9 +244,11 @@ def train_sac(args: argparse.Namespace, seed: int, results: Results) -> None:
 
 
 def summary(rows: list[dict], agent: str, steps: int) -> tuple[float, float, int] | None:
-    """Mean and std over seeds of the return at `steps`, and the number of seeds."""
+    """Mean and sample std (ddof 1, 0 for one seed) over seeds of the return at `steps`, and the number of seeds."""
     values = [r["return"] for r in rows if r["agent"] == agent and r["env_steps"] == steps]
-    return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
 
 
 def table(rows: list[dict], task: str, obs: str) -> str:

@@ -244,12 +244,19 @@ def smoothed(rows: list[dict], window: int = 3) -> list[tuple[int, float]]:
 
 
 def multiplier(dense: list[dict], moe: list[dict]) -> tuple[float, bool]:
-    """(dense steps to reach the MoE model's final loss) / (MoE steps); False if dense never did."""
+    """(dense steps to reach the MoE model's final loss) / (MoE steps); False if dense never did. The
+    step where dense reaches it is interpolated linearly between the two evaluations around it: the
+    first evaluation at or below it would round the multiplier up by up to one evaluation interval."""
     target = smoothed(moe)[-1][1]
     moe_steps = moe[-1]["step"]
+    before: tuple[int, float] | None = None
     for step, loss in smoothed(dense):
         if loss <= target:
-            return step / moe_steps, True
+            if before is None or before[1] == loss:
+                return step / moe_steps, True
+            start, above = before
+            return (start + (step - start) * (above - target) / (above - loss)) / moe_steps, True
+        before = (step, loss)
     return dense[-1]["step"] / moe_steps, False
 
 

@@ -87,12 +87,22 @@ def test_dmc_evaluations_resumed_past_lost_rows_keep_their_labels_and_training_t
     assert 100.0 <= results.rows[0]["train_s"] < 105.0
 
 
+def test_moe_multiplier_interpolates_where_dense_crosses_the_target():
+    moe = load("moe_vs_dense")
+    dense = [{"step": 100 * (i + 1), "held_out_loss": loss} for i, loss in enumerate([4, 4, 4, 2, 2, 2])]
+    sparse = [{"step": 100 * (i + 1), "held_out_loss": 3.0} for i in range(3)]
+    # dense's 3-point means: 4, 4, 4, 3.33, 2.67, 2; they cross 3 halfway from 400 to 500 steps
+    mult, reached = moe.multiplier(dense, sparse)
+    assert reached and abs(mult - 450 / 300) < 1e-9
+    assert moe.multiplier(dense[:3], sparse) == (1.0, False)  # never reached: a lower bound
+
+
 def test_dmc_table_gives_a_spread_across_seeds_only_where_there_are_two():
     dmc = load("dmc")
     rows_ = [{"agent": "omniloop", "env_steps": 100_000, "return": r} for r in (900.0, 950.0)]
     rows_ += [{"agent": "sac", "env_steps": 100_000, "return": 500.0}]
     lines = dmc.table(rows_, "reacher-easy", "state").splitlines()
-    assert lines[2] == "| omniloop (this machine) | 925 ± 25 (n=2) |"
+    assert lines[2] == "| omniloop (this machine) | 925 ± 35 (n=2) |"  # the sample std: 50 / sqrt(2)
     assert lines[3] == "| sac (this machine) | 500 (n=1) |"
     assert lines[4] == "| TD-MPC2 (published) | 937 |"
 
