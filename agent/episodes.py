@@ -155,7 +155,8 @@ SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
         "omniloop.SimState",
         {
             "type": "object",
-            "properties": {"time": _NUMBER, "qpos": _NUMBERS, "qvel": _NUMBERS, "act": _NUMBERS},
+            # time too is an array: the simulator's state holds it as one value of shape (1,)
+            "properties": {"time": _NUMBERS, "qpos": _NUMBERS, "qvel": _NUMBERS, "act": _NUMBERS},
             "additionalProperties": True,
         },
     ),
@@ -198,7 +199,7 @@ class StepRecord:
     success: bool | None = None
     surprise: dict[str, float] | None = None  # {"total": ..., "latent": ..., "reward": ...}
     plan: dict[str, float | int] | None = None  # any JSON-serialisable dict
-    sim_state: dict[str, np.ndarray] | None = None  # time (), qpos (nq,), qvel (nv,), act (na,); float64
+    sim_state: dict[str, np.ndarray] | None = None  # time (1,), qpos (nq,), qvel (nv,), act (na,); float64
     imagined: np.ndarray | None = None  # (H, W, 3) uint8: the world model's picture of this observation
     action_time_ns: int | None = None  # when the action was sent; None: time_ns
     result_time_ns: int | None = None  # when the step's result (reward, next observation) came back; None: time_ns

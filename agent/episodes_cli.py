@@ -131,7 +131,7 @@ def _note(s: EpisodeSummary) -> str:
 
 def replay_command(args: argparse.Namespace) -> int:
     """`omniloop replay FILE --mode states|actions|video|view|robot` (see `omniloop replay --help`)."""
-    from agent.replay import replay_actions, replay_states
+    from agent.replay import EXACT, replay_actions, replay_states
 
     console = wide_console()
     try:
@@ -165,7 +165,7 @@ def replay_command(args: argparse.Namespace) -> int:
     console.print(table)
     largest = {name: report.largest(name) for name in ("image", "proprio", "qpos", "reward")}
     console.print("largest difference: " + ", ".join(f"{k} {_number(v)}" for k, v in largest.items() if v is not None))
-    first = report.first_divergence()
+    first = report.first_divergence(EXACT if args.mode == "states" else 1e-5)
     if args.mode == "states":
         exact = first is None
         console.print("the replay reproduces the recording exactly" if exact else

@@ -41,14 +41,15 @@ def write_episode_video(episode: Episode, path: Path, fps: float | None = None) 
                                 pixelformat="yuv420p", macro_block_size=BLOCK, ffmpeg_log_level="error",
                                 output_params=["-movflags", "+faststart"])
     try:
-        for i, step in enumerate(steps):
-            writer.append_data(_frame(step, i, len(steps), chart, axes_x, (height, width), panel))
+        span = (steps[0].step, steps[-1].step)  # the charts' x axis is the step number, gaps included
+        for step in steps:
+            writer.append_data(_frame(step, span, chart, axes_x, (height, width), panel))
     finally:
         writer.close()
     return len(steps), (height, width)
 
 
-def _frame(step: StepRecord, index: int, count: int, chart: np.ndarray, axes_x: tuple[int, int],
+def _frame(step: StepRecord, span: tuple[int, int], chart: np.ndarray, axes_x: tuple[int, int],
            canvas_size: tuple[int, int], panel: tuple[int, int]) -> np.ndarray:
     canvas = np.full((*canvas_size, 3), BACKGROUND, np.uint8)
     top = LABEL_HEIGHT
@@ -63,7 +64,7 @@ def _frame(step: StepRecord, index: int, count: int, chart: np.ndarray, axes_x: 
     chart_left = 2 * (panel[1] + GAP)
     canvas[top:top + chart.shape[0], chart_left:chart_left + chart.shape[1]] = chart
     x0, x1 = axes_x
-    x = chart_left + x0 + round((x1 - x0) * index / max(count - 1, 1))
+    x = chart_left + x0 + round((x1 - x0) * (step.step - span[0]) / max(span[1] - span[0], 1))
     canvas[top:top + chart.shape[0], x:x + 2] = CURSOR
     for text, x_text in (("camera", 0), ("imagined", left), (f"step {step.step}", chart_left)):
         cv2.putText(canvas, text, (x_text + 3, LABEL_HEIGHT - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, TEXT_COLOUR, 1,

@@ -96,7 +96,9 @@ class GymAdapter(gymnasium.Env):
         self.action_repeat = action_repeat
         self.render_mode = render_mode
         self._pending_seed = seed
-        self._env = self._make_inner(env_id, episode_length, image_size, pixels or render_mode is not None, render_mode)
+        # episode_length counts agent steps; the inner TimeLimit counts the inner env's, action_repeat per agent step
+        self._env = self._make_inner(env_id, episode_length * action_repeat, image_size, pixels or render_mode is not None,
+                                     render_mode)
         try:
             self._check_spaces()
         except ValueError:
@@ -105,7 +107,9 @@ class GymAdapter(gymnasium.Env):
         inner_action = self._env.action_space
         self._action_low = inner_action.low.astype(np.float64)
         self._action_high = inner_action.high.astype(np.float64)
-        self.metadata = {**self.metadata, "render_fps": self._env.metadata.get("render_fps", 30)}
+        # one agent step is action_repeat of the inner env's: shown at its rate, a video of agent steps runs that much slower
+        self._inner_fps = self._env.metadata.get("render_fps")
+        self.metadata = {**self.metadata, "render_fps": (self._inner_fps or 30 * action_repeat) / action_repeat}
 
         inner_obs = self._env.observation_space
         observation = {
@@ -190,8 +194,10 @@ class GymAdapter(gymnasium.Env):
 
     @property
     def control_period(self) -> float | None:
-        """Seconds per agent step, where the wrapped env tells its time step (`dt`)."""
+        """Seconds per agent step, where the wrapped env tells its time step (`dt`) or its render rate."""
         dt = getattr(self._env.unwrapped, "dt", None)
+        if dt is None and self._inner_fps:
+            dt = 1.0 / self._inner_fps  # classic control: the rate the env itself is shown at
         return None if dt is None else float(dt) * self.action_repeat
 
     def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:

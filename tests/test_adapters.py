@@ -148,10 +148,18 @@ def test_dmc_episode_length_and_repeat_from_config():
         env.close()
 
 
-def test_gym_control_period():
-    env = make("gym:InvertedPendulum-v5", pixels=False, action_repeat=2)
+def test_gym_control_period_and_episode_length_count_agent_steps():
+    env = make("gym:InvertedPendulum-v5", pixels=False, action_repeat=2, episode_length=3)
     try:
         assert sim.control_period(env) == pytest.approx(0.08)
+        env.reset(seed=0)
+        flags = [env.step(np.zeros(1, dtype=np.float32))[3] for _ in range(3)]
+        assert flags == [False, False, True]  # 3 agent steps of 2 inner ones, not 3 inner steps
+    finally:
+        env.close()
+    env = make("gym:MountainCarContinuous-v0", pixels=False, action_repeat=2)  # no dt: its render rate, 30 Hz
+    try:
+        assert sim.control_period(env) == pytest.approx(2 / 30) and env.metadata["render_fps"] == pytest.approx(15)
     finally:
         env.close()
 

@@ -51,9 +51,9 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert all(s.time_ns <= s.action_time_ns <= s.result_time_ns for s in ep.steps)
     assert ep.metadata["control_hz"] == "20" and ep.metadata["objective"] == "env: the reward of reach"
     assert ep.recording == {"steps": "21", "dropped_steps": "0", "failure": ""}
-    from agent.replay import replay_actions, replay_states
+    from agent.replay import EXACT, replay_actions, replay_states
 
-    assert replay_states(ep).first_divergence() is None  # the recorded states render the recorded frames
+    assert replay_states(ep).first_divergence(EXACT) is None  # the recorded states render the recorded frames, bit for bit
     actions = replay_actions(ep)
     assert actions.first_divergence() is None and len(actions.steps) == 21
     assert {"record_dropped_steps", "record_failed"} <= set(rows[-1]) and rows[-1]["record_failed"] == 0
