@@ -308,6 +308,7 @@ class EpisodeWriter:
             use_chunking=False,  # every record reaches the file at once: a kill loses at most a flush
             compression=CompressionType.NONE,
             index_types=IndexType.ATTACHMENT | IndexType.METADATA,
+            enable_data_crcs=True,  # a flipped digit in a complete file is caught on reading, not trained on
         )
         try:
             self._start(metadata, attachments or {})
@@ -672,7 +673,7 @@ def read_episode(path: str | Path) -> Episode:
     with path.open("rb") as file:
         stream = _ExactReads(file)
         # The size limit keeps a corrupt length field from asking for gigabytes.
-        reader = StreamReader(stream, record_size_limit=size)
+        reader = StreamReader(stream, record_size_limit=size, validate_crcs=True)  # checked at the data's end
         try:
             for record in reader.records:
                 assembler.add(record)

@@ -259,6 +259,19 @@ def test_corrupt_message_names_file_and_last_good_step(tmp_path: Path) -> None:
         read_episode(path)
 
 
+def test_a_flipped_digit_in_a_complete_file_fails_its_crc(tmp_path: Path) -> None:
+    """A change that keeps every record well formed (a reward 0.5 read as 0.7) is caught by the data CRC."""
+    path = tmp_path / "flipped.mcap"
+    write_episode(path, 4)
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data)) if data.startswith(b'{"reward":', i) and data[i + 10] != ord(" ")]
+    digit = next(i for i in range(starts[2] + 10, starts[2] + 40) if chr(data[i]).isdigit())
+    data[digit] = ord("7") if data[digit] != ord("7") else ord("3")
+    path.write_bytes(bytes(data))
+    with pytest.raises(EpisodeError, match=r"flipped\.mcap.*(CRC|crc)"):
+        read_episode(path)
+
+
 def test_foreign_and_missing_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(EpisodeError, match="nothere.mcap.*not found"):
         read_episode(tmp_path / "nothere.mcap")
