@@ -252,7 +252,15 @@ def open_recorder(env, cfg: Config, run_dir: Path, episode: int, seed: int, body
     except ValueError:  # a body that does not say its rate: its episodes say nothing of it either
         pass
     return EpisodeRecorder(run_dir / "episodes" / f"episode_{episode:06d}.mcap", meta, attachments,
-                           flush_every=cfg.run.record_flush_every, queue_steps=cfg.run.record_queue_steps)
+                           flush_every=cfg.run.record_flush_every, queue_steps=cfg.run.record_queue_steps,
+                           audio_sample_rate=audio_sample_rate(env))
+
+
+def audio_sample_rate(env) -> int:
+    """The body's audio rate: a robot's spec says it (`extra.sample_rates`); the simulation's is fixed."""
+    spec = getattr(env.unwrapped, "spec_", None)
+    rates = getattr(spec, "extra", {}).get("sample_rates", {}) if spec is not None else {}
+    return int(rates.get("audio", sim.AUDIO_SAMPLE_RATE))
 
 
 def objective_name(cfg: Config, body_name: str) -> str:

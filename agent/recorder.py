@@ -37,11 +37,12 @@ class EpisodeRecorder:
     """Records one episode from a writer thread; `close()` waits for the queue to drain."""
 
     def __init__(self, path: str | Path, metadata: dict[str, str], attachments: dict[str, bytes] | None = None,
-                 flush_every: int = 1, queue_steps: int = 256) -> None:
+                 flush_every: int = 1, queue_steps: int = 256, audio_sample_rate: int = 16000) -> None:
         if queue_steps < 1:
             raise ValueError(f"queue_steps must be >= 1, got {queue_steps}")
         # the header, metadata and attachments are written here, before step 0: a bad path fails now
-        self._writer = EpisodeWriter(path, metadata, attachments, flush_every=flush_every)
+        self._writer = EpisodeWriter(path, metadata, attachments, flush_every=flush_every,
+                                     audio_sample_rate=audio_sample_rate)
         self.path = self._writer.path
         self._queue: queue.Queue = queue.Queue(maxsize=queue_steps)
         self.recorded = 0  # steps handed over

@@ -74,6 +74,11 @@ class Sensor(ABC):
     def features(self) -> dict[str, Feature]:
         """The features this sensor adds to the observation."""
 
+    @property
+    def sample_rates(self) -> dict[str, int]:
+        """Samples per second of the features that are sampled signals (a microphone's audio), by key."""
+        return {}
+
     @abstractmethod
     def connect(self) -> None:
         """Open the device; a missing one raises DriverError here."""
@@ -99,8 +104,12 @@ class WithSensors(Driver):
             if clash:
                 raise DriverError(f"sensor {type(sensor).__name__} adds features {sorted(clash)} that the robot already has")
             features.update(sensor.features)
+        extra = dict(base.extra)
+        rates = {**extra.get("sample_rates", {}), **{k: v for s in sensors for k, v in s.sample_rates.items()}}
+        if rates:  # what an episode file must say of its audio, for it to play at the right pitch
+            extra["sample_rates"] = rates
         self._spec = RobotSpec(base.name, base.control_hz, features, base.action_low, base.action_high,
-                               base.action_names, base.can_reset, base.extra)
+                               base.action_names, base.can_reset, extra)
 
     @property
     def spec(self) -> RobotSpec:

@@ -497,3 +497,17 @@ def test_after_a_watchdog_disarm_the_agent_re_arms_and_a_stale_observation_is_he
     env.close()
     events = [e["event"] for e in srv.events() if e["event"] in ("arm", "disarm")]
     assert events[:3] == ["arm", "disarm", "arm"], events  # re-armed once, by the agent
+
+
+def test_a_microphones_rate_reaches_the_spec_and_the_episode_files():
+    from types import SimpleNamespace
+
+    from agent.loop import audio_sample_rate
+    from robot_bridge.driver import WithSensors
+    from robot_bridge.drivers.sim import SimDriver
+
+    spec = WithSensors(SimDriver(pixels=False), [Microphone(sample_rate=44_100, samples=2205, key="mic")]).spec
+    assert spec.extra["sample_rates"] == {"audio": 16_000, "mic": 44_100}
+    robot = SimpleNamespace(unwrapped=SimpleNamespace(spec_=SimpleNamespace(extra={"sample_rates": {"audio": 44_100}})))
+    assert audio_sample_rate(robot) == 44_100  # what the recorder writes into each /audio message
+    assert audio_sample_rate(SimpleNamespace(unwrapped=object())) == 16_000  # the simulation's own

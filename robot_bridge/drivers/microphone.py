@@ -27,6 +27,10 @@ class Microphone(Sensor):
     def features(self) -> dict[str, Feature]:
         return {self.key: Feature((self.samples,), "float32", -1.0, 1.0)}
 
+    @property
+    def sample_rates(self) -> dict[str, int]:
+        return {self.key: int(self.sample_rate)}
+
     def connect(self) -> None:
         try:
             import sounddevice  # noqa: PLC0415 - PortAudio is loaded only by robots that have a microphone

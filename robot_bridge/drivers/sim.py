@@ -73,6 +73,8 @@ def spec_of(env, task: str) -> RobotSpec:
     if not isinstance(action, spaces.Box):
         raise DriverError(f"sim driver: task {task!r} has a {type(action).__name__} action space; the bridge drives Boxes")
     layout = getattr(env.unwrapped, "POSE_LAYOUT", None)  # tasks that say where their joints are in proprio
-    extra = {"pose": dict(layout)} if layout else {}
+    extra: dict = {"pose": dict(layout)} if layout else {}
+    if "audio" in features:
+        extra["sample_rates"] = {"audio": sim.AUDIO_SAMPLE_RATE}
     return RobotSpec(f"sim:{task}", 1.0 / sim.control_period(env), features, action.low, action.high, can_reset=True,
                      extra=extra)
