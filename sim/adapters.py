@@ -97,8 +97,7 @@ class GymAdapter(gymnasium.Env):
         self.render_mode = render_mode
         self._pending_seed = seed
         # episode_length counts agent steps; the inner TimeLimit counts the inner env's, action_repeat per agent step
-        self._env = self._make_inner(env_id, episode_length * action_repeat, image_size, pixels or render_mode is not None,
-                                     render_mode)
+        self._env = self._make_inner(env_id, episode_length * action_repeat, image_size, pixels, render_mode)
         try:
             self._check_spaces()
         except ValueError:
@@ -126,9 +125,10 @@ class GymAdapter(gymnasium.Env):
 
     @staticmethod
     def _make_inner(
-        env_id: str, episode_length: int, image_size: int, rendering: bool, render_mode: str | None
+        env_id: str, episode_length: int, image_size: int, pixels: bool, render_mode: str | None
     ) -> gymnasium.Env:
         """The wrapped env, rendering rgb_array frames when images or `render()` are wanted."""
+        rendering = pixels or render_mode is not None
         kwargs: dict[str, Any] = {}
         try:
             mujoco_env = _is_mujoco_env(env_id)
@@ -138,8 +138,10 @@ class GymAdapter(gymnasium.Env):
             kwargs["render_mode"] = "rgb_array"
             if mujoco_env:
                 # MuJoCo envs render 480x480 by default; twice the image size is enough for a
-                # clean area-averaged downscale and several times cheaper to render.
-                side = max(SUPERSAMPLE * image_size, RENDER_SIZE) if render_mode else SUPERSAMPLE * image_size
+                # clean area-averaged downscale and several times cheaper to render. With images,
+                # render() shows that same frame: a larger one would change the observations'
+                # pixels, and an env made for videos must see what the trained one saw.
+                side = SUPERSAMPLE * image_size if pixels else RENDER_SIZE
                 kwargs.update(width=side, height=side)
         if episode_length > 0:
             kwargs["max_episode_steps"] = episode_length

@@ -185,6 +185,19 @@ if "omniloop_test/Succeeding-v0" not in gymnasium.registry:
     gymnasium.register(id="omniloop_test/Succeeding-v0", entry_point=_SucceedingEnv)
 
 
+def test_gym_images_are_the_same_whether_or_not_the_env_renders_for_people():
+    """An env made with render_mode='rgb_array' (for videos) sees the pixels the trained one saw."""
+    frames = []
+    for render_mode in (None, "rgb_array"):
+        env = GymAdapter("InvertedPendulum-v5", image_size=32, pixels=True, render_mode=render_mode)
+        try:
+            obs, _ = env.reset(seed=3)
+            frames.append(obs["image"])
+        finally:
+            env.close()
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
 def test_gym_success_is_passed_through_and_obs_flattened():
     env = make("gym:omniloop_test/Succeeding-v0", pixels=False)
     try:
