@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from agent.checkpoint import optimizer_from_tensors, optimizer_to_tensors
-from agent.config import Config
+from agent.config import Config, ConfigError
 from agent.memory import Memory
 from planner.deliberation import Deliberation
 from planner.mppi import MPPI, PlanTrace
@@ -39,7 +39,7 @@ class Brain:
         self.cfg = cfg
         self.device = torch.device(cfg.run.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("run.device is 'cuda' but torch sees no CUDA device; use --device cpu")
+            raise ConfigError("run.device is 'cuda' but torch sees no CUDA device (a CPU build?); use --device cpu")
         self.text_len = cfg.worldmodel.text_max_len
         spec = {k: ((self.text_len,), "uint8") if k == "instruction" else v for k, v in spec.items()}
         self.spec = spec

@@ -93,6 +93,7 @@ def validate(cfg: Config) -> None:
          f"run.device must be cpu, cuda or cuda:N, got {run.device!r}")
     need(run.steps >= 1, f"run.steps must be at least 1, got {run.steps}")
     need(run.seed_steps >= 0, f"run.seed_steps must be >= 0, got {run.seed_steps}")
+    need(run.warmup_updates >= 0, f"run.warmup_updates must be >= 0, got {run.warmup_updates}")
     need(run.checkpoint_every >= 1, f"run.checkpoint_every must be at least 1 episode, got {run.checkpoint_every}")
     need(run.record_flush_every >= 1, f"run.record_flush_every must be at least 1 step, got {run.record_flush_every}")
     need(run.record_queue_steps >= 1, f"run.record_queue_steps must be at least 1 step, got {run.record_queue_steps}")

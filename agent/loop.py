@@ -182,10 +182,11 @@ def run_episode(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counter
             replanned = brain.deliberation.observe(s["total"])
             brain.deliberation.rewarded(float(reward))
             learned = []
-            if counters.env_step >= cfg.run.seed_steps:
+            if counters.env_step + 1 >= cfg.run.seed_steps:  # from the last random step: the first plan is learned
                 # the first learner call catches up on the seed data at once; later ones follow surprise
+                first = brain.learner.updates + brain.learner.skipped == 0  # nothing learned or tried yet
                 due = brain.updates_due(brain.deliberation.relative_surprise)
-                learned = brain.learn(cfg.run.warmup_updates if brain.learner.updates == 0 else due)
+                learned = brain.learn(max(1, cfg.run.warmup_updates) if first else due)
             if learned:
                 z_next = brain.encode(o_next)  # the encoder moved: plan next from the fresh latent
 

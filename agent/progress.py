@@ -3,6 +3,7 @@ surprise and the planner's think time."""
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -31,7 +32,8 @@ class Progress:
         self.bar.__exit__(kind, exc, tb)
 
     def step(self, env_step: int, surprise: float, think_ms: float | None) -> None:
-        self.surprise += 0.05 * (surprise - self.surprise)  # smoothed, so the number can be read
+        if math.isfinite(surprise):  # one NaN would stay in the smoothed number for the rest of the run
+            self.surprise += 0.05 * (surprise - self.surprise)  # smoothed, so the number can be read
         if think_ms is not None:
             self.think_ms += 0.05 * (think_ms - self.think_ms)
         self.bar.update(self.task, completed=env_step, status=self.status())

@@ -60,6 +60,14 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
+def test_cuda_without_a_cuda_device_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU build
+    assert main(["sim", "--steps", "10", "--device", "cuda", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "torch sees no CUDA device" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("override, field", [
     ("worldmodel.moe.top_k=5", "worldmodel.moe.top_k"),
     ("planner.elites=999", "planner.elites"),
@@ -73,6 +81,7 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     ("deliberation.promise_window=-1", "deliberation.promise_window"),
     ("deliberation.promise_tolerance=0", "deliberation.promise_tolerance"),
     ("worldmodel.num_q=1", "worldmodel.num_q"),
+    ("run.warmup_updates=-1", "run.warmup_updates"),
     ("learner.reconstruct_samples=0", "learner.reconstruct_samples"),
     ("planner.temperature=0", "planner.temperature"),
     ("planner.min_std=3", "planner.min_std"),

@@ -99,11 +99,12 @@ def test_state_only_task_that_terminates_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(Deliberation, "rewarded", lambda self, reward: rewards.append(reward))
     run_dir = tmp_path / "pendulum"
     args = ["sim", "--env", "gym:InvertedPendulum-v5", "--steps", "60", "--out", str(run_dir), "--no-progress",
-            "env.pixels=false", *SMALL]
+            "env.pixels=false", *SMALL, "run.warmup_updates=0"]
     assert main(args) == 0
     assert len(rewards) == 60
     rows = read_metrics(run_dir / "metrics.csv")
     assert rows[-1]["env_step"] == 60 and len(rows) > 3  # a random pendulum falls within a few steps
+    assert rows[-1]["updates"] >= 60 - 30  # no warmup asked for: learning starts all the same
     assert all("success" not in r for r in rows)
     assert (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "learning_curve.png").is_file()
     assert not (run_dir / "last_episode.mp4").exists()
