@@ -137,10 +137,12 @@ while True:
 def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(robot):
     srv = robot()
     agent = subprocess.Popen([sys.executable, "-c", AGENT, srv.endpoint], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert agent.stdout.readline().strip() == "driving"
-    time.sleep(0.5)
-    agent.kill()
-    agent.wait()
+    try:
+        assert agent.stdout.readline().strip() == "driving"
+        time.sleep(0.5)
+    finally:  # never leave the driving agent behind, also when it failed to start
+        agent.kill()
+        agent.wait()
     hold_after = 3 * PERIOD  # the default: three control periods
     deadline = time.monotonic() + 5
     holds = []
@@ -153,7 +155,8 @@ def test_killing_the_agent_makes_the_server_hold_within_the_watchdog_time(robot)
     assert holds, "the server never held"
     measured = holds[0]["t"] - last_command  # the server's own clock on both ends
     print(f"held {measured * 1000:.0f} ms after the last command of the killed agent (watchdog {hold_after * 1000:.0f} ms)")
-    assert hold_after <= measured <= hold_after + PERIOD + 0.05  # the first tick past the watchdog time
+    # the first tick past the watchdog time, give or take a tick that a loaded machine runs late
+    assert hold_after <= measured <= hold_after + PERIOD + 0.15
     time.sleep(1.2)  # the default safe_after_s is 1 s: a longer silence disarms into the safe state
     assert [e for e in srv.events("watchdog") if e["state"] == "safe"] and srv.events("disarm")
 
@@ -229,6 +232,7 @@ def test_an_action_outside_the_limits_is_clipped_and_reported_as_applied(robot):
     ticks = [e for e in srv.events("applied") if e["command_seq"] is not None]
     # the first tick that obeys a command moves 0.5 at most from rest; after that, the limits hold
     assert np.allclose(ticks[0]["action"], [0.5, -0.5]) and all(np.allclose(e["action"], [1.0, -1.0]) for e in ticks[1:])
+    assert set(reported) <= {e["tick"] for e in ticks}  # every step the agent took is one the server logged
     for e in ticks:  # what the agent was told it applied is what the server applied at that tick
         if e["tick"] in reported:
             assert np.allclose(reported[e["tick"]], e["action"])
@@ -288,7 +292,7 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
 
 
 def test_commands_faster_than_the_rate_limit_are_dropped(robot):
-    srv = robot(max_command_hz=20)
+    srv = robot(max_command_hz=2)  # a burst of 4, then 2 a second: 30 at once leave >= 20 dropped on any machine
     client = RobotClient(BridgeConfig(connect=srv.endpoint))
     client.connect()
     client.request(p.ARM)
