@@ -260,6 +260,7 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ between two config dicts (a key only one has counts too)."""
+    """The dotted keys both config dicts have whose values differ. A key only one has is a field added
+    or removed between two versions of the code, not a change of the run's config."""
     a, b = flat(before), flat(after)
-    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+    return sorted(key for key in a.keys() & b.keys() if a[key] != b[key])

@@ -121,13 +121,15 @@ class Memory:
         if n > self.cfg.capacity:
             raise ValueError(f"the checkpoint's memory holds {n} steps, more than memory.capacity={self.cfg.capacity}")
         # A ring that wrapped at another capacity is laid out oldest first, so that its steps stay in order here.
-        rewrap = n != self.cfg.capacity and 0 < ptr < n
+        rewrap = n < self.cfg.capacity and 0 < ptr < n
         order = np.roll(np.arange(n), -ptr) if rewrap else np.arange(n)
         for k, v in self.obs.items():
             v[:n] = arrays[f"obs.{k}"][order]
         for name in ("action", "reward", "terminated", "has_action", "episode", "surprise", "priority"):
             getattr(self, name)[:n] = arrays[name][order]
-        self.ptr, self.size, self.episodes = (n if rewrap else ptr) % self.cfg.capacity, n, int(counters["episodes"])
+        # a ring with room left writes after its newest step; a full one where the saved head was
+        self.ptr = n if n < self.cfg.capacity else ptr % self.cfg.capacity
+        self.size, self.episodes = n, int(counters["episodes"])
         self._reopen_sequences()
 
     def _reopen_sequences(self) -> None:

@@ -252,7 +252,7 @@ def multiplier(dense: list[dict], moe: list[dict]) -> tuple[float, bool]:
     before: tuple[int, float] | None = None
     for step, loss in smoothed(dense):
         if loss <= target:
-            if before is None or before[1] == loss:
+            if before is None:
                 return step / moe_steps, True
             start, above = before
             return (start + (step - start) * (above - target) / (above - loss)) / moe_steps, True

@@ -181,6 +181,8 @@ class RobotClient:
         if reply.type == p.ERROR:
             raise RobotFault(f"the robot refused {kind}: {reply.body.get('code')}: {reply.body.get('detail')}")
         self.mode = reply.body.get("mode", self.mode)
+        if kind == p.ARM:
+            self.fault = None  # armed again: a fault reported before is cleared
         return reply
 
     def _fault_note(self) -> str:

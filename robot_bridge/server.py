@@ -425,7 +425,7 @@ class RobotServer:
             self._ack(peer, msg)
             self.session, self.peer = "", b""
             self.pending = self.last_command = None
-            if self.mode == "armed":  # whoever drives next arms it first
+            if self.mode == "armed" and not self.cfg.safety.start_armed:  # whoever drives next arms it first
                 self._disarm("bye: the agent left")
 
     def _hello(self, peer: bytes, msg: p.Message) -> None:
@@ -434,7 +434,8 @@ class RobotServer:
             self.replaced.append(self.session)
         self.session, self.peer, self.peer_seq = uuid.uuid4().hex, peer, msg.seq
         self.pending = self.last_command = None
-        if self.mode == "armed":  # a new session arms before its first command, as a first one does
+        # a new session finds the robot as the server started it: unless it starts armed, it arms first
+        if self.mode == "armed" and not self.cfg.safety.start_armed:
             self._disarm("a new session")
         agent = str(msg.body.get("agent", "?"))[:80]
         self.record("hello", session=self.session, agent=agent, agent_id=str(msg.body.get("id", ""))[:64])

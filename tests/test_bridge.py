@@ -269,7 +269,7 @@ def test_faults_latch_until_an_explicit_rearm_and_a_disarmed_robot_only_observes
     with pytest.raises(RobotFault, match="clear_fault"):
         client.request(p.ARM)  # ... nor does a disarm in between ...
     client.request(p.ARM, {"clear_fault": True})  # ... only an explicit re-arm does
-    assert client.mode == "armed"
+    assert client.mode == "armed" and client.fault is None
     # a command sent before a disarm is never applied after the next arm
     client.send(p.COMMAND, {}, {"action": np.full(2, 0.9, np.float32)})
     client.request(p.DISARM)

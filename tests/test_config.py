@@ -60,6 +60,14 @@ def test_cli_refuses_bad_config_with_a_message(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
+def test_changed_fields_are_the_shared_keys_whose_values_differ():
+    from agent.config import changed_fields
+
+    saved = {"run": {"steps": 10, "seed": 0}, "learner": {"lr": 0.001}}
+    now = {"run": {"steps": 20, "seed": 0, "added_since": True}, "learner": {"lr": 0.002}}
+    assert changed_fields(saved, now) == ["learner.lr", "run.steps"]  # a field new to the code is not a change
+
+
 def test_cuda_without_a_cuda_device_is_a_clear_error(capsys, tmp_path, monkeypatch):
     import torch
 

@@ -79,6 +79,12 @@ def test_a_wrapped_ring_loads_into_another_capacity_and_horizon():
         assert (obs[:, :, 0] == obs[:, :1, 0]).all() and (np.diff(obs[:, :, 1], axis=1) == 1).all()
         n.add({"proprio": np.array([9, 0], np.float32)}, np.array([0.0], np.float32))  # the head is in the ring
         assert n.ptr == ((m.ptr + 1) % 16 if capacity == 16 else 17)  # writing goes on after the newest step
+    full = Memory(MemoryConfig(capacity=16), SPEC, 1, horizon=2, seed=0)
+    fill(full, episodes=4, length=3)  # exactly 16 entries: full, its head back at 0
+    assert (full.ptr, full.size) == (0, 16)
+    bigger = Memory(MemoryConfig(capacity=64), SPEC, 1, horizon=2, seed=0)
+    bigger.load_state(*full.state())
+    assert bigger.ptr == 16 and bigger.n_sequences == full.n_sequences  # it writes into the room it has
 
 
 def test_a_non_finite_surprise_leaves_sampling_defined():

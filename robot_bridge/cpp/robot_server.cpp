@@ -1027,7 +1027,7 @@ private:
         peer_.clear();
         pending_.reset();
         last_command_.reset();
-        if (mode_ == "armed") disarm("bye: the agent left");  // whoever drives next arms it first
+        if (mode_ == "armed" && !cfg_.safety.start_armed) disarm("bye: the agent left");  // the next one arms first
     }
 
     void hello(const std::string& peer, const Message& msg) {
@@ -1041,7 +1041,8 @@ private:
         peer_seq_ = msg.seq;
         pending_.reset();
         last_command_.reset();
-        if (mode_ == "armed") disarm("a new session");  // it arms before its first command, as a first one does
+        // a new session finds the robot as the server started it: unless it starts armed, it arms first
+        if (mode_ == "armed" && !cfg_.safety.start_armed) disarm("a new session");
         const msgpack_object* agent = msg.field("agent");
         const msgpack_object* id = msg.field("id");
         record("hello", {{"session", json_str(session_)},
