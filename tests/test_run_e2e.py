@@ -62,6 +62,7 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path, capsys):
     assert video.shape[2] > 2 * video.shape[1] * 0.9  # two panels side by side
     _, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     assert meta["env_step"] == 60 and meta["episode"] == 3
+    assert isinstance(meta["deliberation"]["agreement"], float)  # what the fast path has earned goes on after a resume
     assert meta["memory"]["size"] == 63  # 60 steps and each episode's last observation
     updates_before = meta["learner"]["updates"]
 
