@@ -101,8 +101,9 @@ def validate(cfg: Config) -> None:
     need(name in ("reach", "omniloop/Reach-v0") or name.startswith(("gym:", "dmc:")),
          f"env.name {name!r} is none of: reach, gym:ID, dmc:DOMAIN-TASK")
     need(cfg.env.frame_stack >= 1, f"env.frame_stack must be at least 1, got {cfg.env.frame_stack}")
-    need(cfg.env.frame_stack == 1 or cfg.env.pixels or name in ("reach", "omniloop/Reach-v0"),
+    need(cfg.env.frame_stack == 1 or cfg.env.pixels,
          "env.frame_stack > 1 stacks camera frames: it needs env.pixels=true")
+    # reach still hears: with neither image nor state its observation is the audio alone
     need(cfg.env.proprio or cfg.env.pixels or name in ("reach", "omniloop/Reach-v0"),
          "env.proprio=false with env.pixels=false would leave the agent no observation")
     need(cfg.learner.snapshot_every >= 1, f"learner.snapshot_every must be at least 1, got {cfg.learner.snapshot_every}")

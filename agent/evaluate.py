@@ -61,14 +61,28 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
     """The agent plans as it does while learning, but commits to its plan without exploration noise,
     and so its search is judged by the promise check (planner/promise.py), which learning skips.
-    Nothing is learned, and the deliberation's running state is as it was afterwards, so training can
-    go on as if the evaluation had not happened (but for the random numbers it drew)."""
+    Its surprise at each observation steers how long it thinks, as in training. Nothing is learned,
+    and the deliberation's running state is as it was afterwards, so training can go on as if the
+    evaluation had not happened (but for the random numbers it drew)."""
+    last: dict = {}  # this episode's last step and the reward it brought, until the next observation
+
     def policy(obs: dict) -> np.ndarray:
-        return brain.act(brain.encode(brain.prepare(obs)), explore=False).action
+        z = brain.encode(brain.prepare(obs))
+        if "step" in last:
+            brain.deliberation.observe(brain.surprise(last["step"], z, last["reward"])["total"])
+        last["step"] = brain.act(z, explore=False)
+        return last["step"].action
+
+    def reset() -> None:
+        last.clear()
+        brain.deliberation.new_episode()
+
+    def rewarded(reward: float) -> None:
+        last["reward"] = reward
+        brain.deliberation.rewarded(reward)
 
     with brain.deliberation.aside():
-        return run_episodes(env, policy, episodes, seed, reset=brain.deliberation.new_episode,
-                            rewarded=brain.deliberation.rewarded)
+        return run_episodes(env, policy, episodes, seed, reset=reset, rewarded=rewarded)
 
 
 def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:

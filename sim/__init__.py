@@ -74,8 +74,15 @@ def make(cfg: EnvConfig, seed: int | None = None, render_mode: str | None = None
 def _make_task(cfg: EnvConfig, seed: int | None, render_mode: str | None) -> gymnasium.Env:
     name = cfg.name.strip()
     if name in ("reach", REACH_ID):
+        if cfg.action_repeat not in (0, 1):
+            # Reach's control period is its audio period too: a longer step would change what it hears.
+            raise ValueError(f"reach steps at its own 20 Hz control period: action_repeat must be 0 or 1, got {cfg.action_repeat}")
         return ReachEnv(
-            render_mode=render_mode, image_size=cfg.image_size, episode_length=cfg.episode_length, seed=seed
+            render_mode=render_mode,
+            image_size=cfg.image_size,
+            episode_length=cfg.episode_length,
+            seed=seed,
+            pixels=cfg.pixels,
         )
     if name.startswith("gym:") and len(name) > len("gym:"):
         return GymAdapter(

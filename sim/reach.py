@@ -7,7 +7,7 @@ the arm starts at random joint angles. Reaching is seen (camera), felt (the fing
 lightly on the pad: `info["contact_force"]`) and heard (`sim.audio.ContactAudio`).
 
 Observation (a Dict):
-    image   (S, S, 3) uint8   top-down camera, S = image_size
+    image   (S, S, 3) uint8   top-down camera, S = image_size (left out with pixels=False)
     proprio (8,) float32      shoulder angle wrapped to [-pi, pi], elbow angle, both joint
                               velocities (rad/s), fingertip xy (m), pad xy (m)
     audio   (800,) float32    16 kHz contact sounds of the last 0.05 s control period
@@ -86,8 +86,10 @@ class ReachEnv(gymnasium.Env):
         image_size: int = 64,
         episode_length: int = DEFAULT_EPISODE_LENGTH,
         seed: int | None = None,
+        pixels: bool = True,
     ) -> None:
-        """`episode_length` 0 means the default (50); `seed` seeds the first `reset()` without one."""
+        """`episode_length` 0 means the default (50); `seed` seeds the first `reset()` without one;
+        `pixels` False leaves the camera image out of the observation (and does not render it)."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if image_size < 1:
@@ -96,6 +98,7 @@ class ReachEnv(gymnasium.Env):
             raise ValueError(f"episode_length must be >= 0 (0 = default), got {episode_length}")
         self.render_mode = render_mode
         self.image_size = image_size
+        self.pixels = pixels
         self.episode_length = episode_length or DEFAULT_EPISODE_LENGTH
         self._pending_seed = seed
 
@@ -128,13 +131,14 @@ class ReachEnv(gymnasium.Env):
         proprio_high = np.array(
             [angle_bound, angle_bound, MAX_JOINT_SPEED, MAX_JOINT_SPEED] + [WORKSPACE] * 4, dtype=np.float32
         )
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
-                "proprio": spaces.Box(-proprio_high, proprio_high, dtype=np.float32),
-                "audio": spaces.Box(-1.0, 1.0, shape=(self._audio.samples_per_period,), dtype=np.float32),
-            }
-        )
+        observation: dict[str, spaces.Box] = {
+            "image": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
+            "proprio": spaces.Box(-proprio_high, proprio_high, dtype=np.float32),
+            "audio": spaces.Box(-1.0, 1.0, shape=(self._audio.samples_per_period,), dtype=np.float32),
+        }
+        if not pixels:
+            del observation["image"]
+        self.observation_space = spaces.Dict(observation)
 
     # ----------------------------------------------------------------------------- Gymnasium API
 
@@ -293,10 +297,12 @@ class ReachEnv(gymnasium.Env):
         return np.concatenate([angles, qd, self._fingertip(), self._target()]).astype(np.float32)
 
     def _observation(self, audio: np.ndarray) -> dict[str, np.ndarray]:
-        if self._renderer is None:
-            self._renderer = self._make_renderer(SUPERSAMPLE * self.image_size)
-        image = resize_image(self._render_with(self._renderer), self.image_size)
-        return {"image": image, "proprio": self._proprio(), "audio": audio}
+        observation = {"proprio": self._proprio(), "audio": audio}
+        if self.pixels:
+            if self._renderer is None:
+                self._renderer = self._make_renderer(SUPERSAMPLE * self.image_size)
+            observation = {"image": resize_image(self._render_with(self._renderer), self.image_size), **observation}
+        return observation
 
     def _make_renderer(self, size: int) -> mujoco.Renderer:
         """A renderer of (size, size) frames; grows the offscreen buffer if it is smaller."""

@@ -128,8 +128,9 @@ def test_a_corrupt_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
     assert "checkpoint.safetensors" in capsys.readouterr().err
 
 
-def test_evaluation_reports_every_reward_to_the_deliberation():
-    """The promise check needs the rewards in evaluation too, or a stuck search would stay stuck there."""
+def test_evaluation_reports_every_reward_and_surprise_to_the_deliberation():
+    """The promise check needs the rewards in evaluation too, or a stuck search would stay stuck there;
+    the thinking budget needs the surprise, or it would never leave 1x there."""
     import sim
     from agent.brain import Brain
     from agent.config import load_config
@@ -138,11 +139,15 @@ def test_evaluation_reports_every_reward_to_the_deliberation():
     cfg = load_config(None, SMALL)
     env = sim.make(cfg.env, seed=0)
     brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
-    rewards = []
+    rewards, surprises = [], []
     brain.deliberation.rewarded = rewards.append
+    observe = brain.deliberation.observe
+    brain.deliberation.observe = lambda s: surprises.append(s) or observe(s)
     try:
         ev = evaluate_agent(env, brain, episodes=2)
     finally:
         env.close()
     assert len(rewards) == 2 * 20
     assert sum(rewards) / 2 == pytest.approx(ev.mean_return)
+    assert len(surprises) == 2 * 19 and all(s > 0 for s in surprises)  # none across an episode's end
+    assert brain.deliberation.surprise_mean is None  # and none of it kept after the evaluation

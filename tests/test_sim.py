@@ -151,6 +151,27 @@ def test_make_seed_seeds_the_first_reset():
         e2.close()
 
 
+def test_reach_without_pixels_neither_shows_nor_renders_an_image():
+    with_image = sim.make(EnvConfig(), seed=3)
+    without = sim.make(EnvConfig(pixels=False), seed=3)
+    try:
+        assert set(without.observation_space.spaces) == {"proprio", "audio"}
+        check_env(without.unwrapped, skip_render_check=True)
+        obs, _ = without.reset(seed=3)
+        assert "image" not in obs and without.unwrapped._renderer is None
+        obs_with, _ = with_image.reset(seed=3)
+        assert np.array_equal(obs["proprio"], obs_with["proprio"])
+        assert np.array_equal(without.step(np.ones(2))[0]["proprio"], with_image.step(np.ones(2))[0]["proprio"])
+    finally:
+        with_image.close()
+        without.close()
+
+
+def test_reach_refuses_an_action_repeat_it_would_ignore():
+    with pytest.raises(ValueError, match="action_repeat must be 0 or 1, got 2"):
+        sim.make(EnvConfig(action_repeat=2))
+
+
 def test_targets_lie_in_the_annulus():
     rng = np.random.default_rng(0)
     radii = np.linalg.norm([sample_target(rng) for _ in range(500)], axis=1)
