@@ -103,9 +103,10 @@ def validate(cfg: Config) -> None:
     need(cfg.env.frame_stack >= 1, f"env.frame_stack must be at least 1, got {cfg.env.frame_stack}")
     need(cfg.env.frame_stack == 1 or cfg.env.pixels,
          "env.frame_stack > 1 stacks camera frames: it needs env.pixels=true")
-    # reach still hears: with neither image nor state its observation is the audio alone
-    need(cfg.env.proprio or cfg.env.pixels or name in ("reach", "omniloop/Reach-v0"),
-         "env.proprio=false with env.pixels=false would leave the agent no observation")
+    need(cfg.env.proprio or cfg.env.pixels,
+         "env.proprio=false with env.pixels=false would leave the agent nothing to see")
+    need(cfg.env.action_repeat in (0, 1) or name not in ("reach", "omniloop/Reach-v0"),
+         f"env.action_repeat must be 0 or 1 on reach (it steps at its own 20 Hz), got {cfg.env.action_repeat}")
     need(cfg.learner.snapshot_every >= 1, f"learner.snapshot_every must be at least 1, got {cfg.learner.snapshot_every}")
     grid_factor = cfg.env.image_size // wm.image_grid
     need(cfg.env.image_size % wm.image_grid == 0 and grid_factor >= 4 and grid_factor & (grid_factor - 1) == 0,

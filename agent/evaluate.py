@@ -36,9 +36,9 @@ class Evaluation:
 
 def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed: int,
                  reset: Callable[[], None] = lambda: None,
-                 rewarded: Callable[[float], None] = lambda reward: None) -> Evaluation:
+                 stepped: Callable[[dict, float], None] = lambda obs, reward: None) -> Evaluation:
     """Play `episodes` episodes with `policy` (observation -> action); success is the last step's.
-    `reset` runs at each episode's start, `rewarded` gets each step's reward."""
+    `reset` runs at each episode's start, `stepped` gets each step's new observation and reward."""
     returns, successes, steps, start = [], [], 0, time.perf_counter()
     for i in range(episodes):
         obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed * 10_007 + i)
@@ -46,7 +46,7 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
         ret, done, info = 0.0, False, {}
         while not done:
             obs, reward, terminated, truncated, info = env.step(policy(obs))
-            rewarded(float(reward))
+            stepped(obs, float(reward))
             ret += float(reward)
             steps += 1
             done = terminated or truncated
@@ -61,28 +61,29 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
 def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
     """The agent plans as it does while learning, but commits to its plan without exploration noise,
     and so its search is judged by the promise check (planner/promise.py), which learning skips.
-    Its surprise at each observation steers how long it thinks, as in training. Nothing is learned,
-    and the deliberation's running state is as it was afterwards, so training can go on as if the
-    evaluation had not happened (but for the random numbers it drew)."""
-    last: dict = {}  # this episode's last step and the reward it brought, until the next observation
+    Its surprise at each step steers how long it thinks and when it replans, as in training. Nothing
+    is learned, and the deliberation's running state is as it was afterwards, so training can go on
+    as if the evaluation had not happened (but for the random numbers it drew)."""
+    last: dict = {}  # the step just taken, then the latent of what it led to
 
     def policy(obs: dict) -> np.ndarray:
-        z = brain.encode(brain.prepare(obs))
-        if "step" in last:
-            brain.deliberation.observe(brain.surprise(last["step"], z, last["reward"])["total"])
+        z = last.pop("z_next", None)
+        if z is None:  # an episode's first observation
+            z = brain.encode(brain.prepare(obs))
         last["step"] = brain.act(z, explore=False)
         return last["step"].action
+
+    def stepped(obs: dict, reward: float) -> None:
+        last["z_next"] = brain.encode(brain.prepare(obs))
+        brain.deliberation.observe(brain.surprise(last["step"], last["z_next"], reward)["total"])
+        brain.deliberation.rewarded(reward)
 
     def reset() -> None:
         last.clear()
         brain.deliberation.new_episode()
 
-    def rewarded(reward: float) -> None:
-        last["reward"] = reward
-        brain.deliberation.rewarded(reward)
-
     with brain.deliberation.aside():
-        return run_episodes(env, policy, episodes, seed, reset=reset, rewarded=rewarded)
+        return run_episodes(env, policy, episodes, seed, reset=reset, stepped=stepped)
 
 
 def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:

@@ -87,9 +87,16 @@ def simulated_body(episode: Episode):
         raise ReplayError(f"{episode.path}: recorded on a robot ({env_name}); replay it on one with --mode robot")
     cfg = episode_config(episode)
     try:
-        return sim.make(cfg.env, seed=cfg.run.seed), cfg
+        env = sim.make(cfg.env, seed=cfg.run.seed)
     except ValueError as exc:
         raise ReplayError(f"{episode.path}: its env {cfg.env.name!r} cannot be built here: {exc}") from None
+    recorded_image = any("image" in s.observation for s in episode.steps[:1])
+    if recorded_image and "image" not in env.observation_space.spaces:
+        env.close()
+        # reach ran with images whatever env.pixels said before it honoured the option (e705767)
+        raise ReplayError(f"{episode.path}: it recorded camera images, but its config (env.pixels="
+                          f"{str(cfg.env.pixels).lower()}) builds a body without them: nothing to compare the images with")
+    return env, cfg
 
 
 def replay_states(episode: Episode) -> ReplayReport:

@@ -113,6 +113,8 @@ def test_named_options_are_taken_as_typed_values(tmp_path):
     (["env.name=dmc:reacher-easy", "env.pixels=false", "env.frame_stack=3"], "env.frame_stack"),
     (["env.name=dmc:reacher-easy", "env.pixels=false", "env.proprio=false"], "env.proprio"),
     (["env.pixels=false", "env.frame_stack=2"], "env.frame_stack"),
+    (["env.pixels=false", "env.proprio=false"], "env.proprio"),
+    (["env.action_repeat=2"], "env.action_repeat"),
 ])
 def test_observation_options_that_leave_nothing_to_see_are_refused(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

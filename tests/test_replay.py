@@ -112,6 +112,12 @@ def test_episodes_that_cannot_be_replayed_say_why(tmp_path: Path, capsys) -> Non
         replay_actions(robot)
     with pytest.raises(ReplayError, match="no config.yaml attachment"):
         replay_actions(dataclasses.replace(episode, attachments={}))
+    cfg = Config()
+    cfg.env.pixels = False  # before reach honoured it, such a run still saw (and recorded) images
+    save_config(cfg, tmp_path / "no_pixels.yaml")
+    blind = dataclasses.replace(episode, attachments={"config.yaml": (tmp_path / "no_pixels.yaml").read_bytes()})
+    with pytest.raises(ReplayError, match=r"recorded camera images.*env\.pixels=false"):
+        replay_states(blind)
     broken = tmp_path / "broken.mcap"
     data = bytearray(path.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64  # a record in the middle is overwritten

@@ -149,5 +149,5 @@ def test_evaluation_reports_every_reward_and_surprise_to_the_deliberation():
         env.close()
     assert len(rewards) == 2 * 20
     assert sum(rewards) / 2 == pytest.approx(ev.mean_return)
-    assert len(surprises) == 2 * 19 and all(s > 0 for s in surprises)  # none across an episode's end
+    assert len(surprises) == 2 * 20 and all(s > 0 for s in surprises)
     assert brain.deliberation.surprise_mean is None  # and none of it kept after the evaluation
