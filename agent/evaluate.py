@@ -36,11 +36,12 @@ class Evaluation:
 
 def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed: int,
                  reset: Callable[[], None] = lambda: None,
-                 stepped: Callable[[dict, float], None] = lambda obs, reward: None) -> Evaluation:
-    """Play `episodes` episodes with `policy` (observation -> action); success is the last step's.
-    `reset` runs at each episode's start, `stepped` gets each step's new observation and reward."""
+                 stepped: Callable[[dict, float], None] = lambda obs, reward: None, first: int = 0) -> Evaluation:
+    """Play `episodes` episodes with `policy` (observation -> action) from evaluation starts `first`,
+    `first` + 1, ...; success is the last step's. `reset` runs at each episode's start, `stepped` gets
+    each step's new observation and reward."""
     returns, successes, steps, start = [], [], 0, time.perf_counter()
-    for i in range(episodes):
+    for i in range(first, first + episodes):
         obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed * 10_007 + i)
         reset()
         ret, done, info = 0.0, False, {}
@@ -58,7 +59,7 @@ def run_episodes(env, policy: Callable[[dict], np.ndarray], episodes: int, seed:
                       float(np.mean(successes)) if successes else None, steps / max(elapsed, 1e-9), tuple(returns))
 
 
-def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluation:
+def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0, first: int = 0) -> Evaluation:
     """The agent plans as it does while learning, but commits to its plan without exploration noise,
     and so its search is judged by the promise check (planner/promise.py), which learning skips.
     Its surprise at each step steers how long it thinks and when it replans, as in training. Nothing
@@ -83,7 +84,7 @@ def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0) -> Evaluatio
         brain.deliberation.new_episode()
 
     with brain.deliberation.aside():
-        return run_episodes(env, policy, episodes, seed, reset=reset, stepped=stepped)
+        return run_episodes(env, policy, episodes, seed, reset=reset, stepped=stepped, first=first)
 
 
 def evaluate_random(env, episodes: int, seed: int = 0) -> Evaluation:

@@ -53,9 +53,10 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     capsys.readouterr()
 
     # The promise check, off and on, on that run's checkpoint
-    load("promise_check").main([str(out / "omniloop-seed0"), "--episodes", "2", "deliberation.promise_window=2"])
+    load("promise_check").main([str(out / "omniloop-seed0"), "--episodes", "2", "--first", "3",
+                                "deliberation.promise_window=2"])
     printed = capsys.readouterr().out
-    for line in ("| without the check |", "| with the check |", "System 1 took over for"):
+    for line in ("| episode | 3 | 4 | mean |", "| without the check |", "| with the check |", "System 1 took over for"):
         assert line in printed, printed
 
     moe = load("moe_vs_dense")
