@@ -90,7 +90,7 @@ def simulated_body(episode: Episode):
         env = sim.make(cfg.env, seed=cfg.run.seed)
     except ValueError as exc:
         raise ReplayError(f"{episode.path}: its env {cfg.env.name!r} cannot be built here: {exc}") from None
-    recorded_image = any("image" in s.observation for s in episode.steps[:1])
+    recorded_image = bool(episode.steps) and "image" in episode.steps[0].observation
     if recorded_image and "image" not in env.observation_space.spaces:
         env.close()
         # reach ran with images whatever env.pixels said before it honoured the option (e705767)

@@ -114,8 +114,13 @@ def test_named_options_are_taken_as_typed_values(tmp_path):
     (["env.name=dmc:reacher-easy", "env.pixels=false", "env.proprio=false"], "env.proprio"),
     (["env.pixels=false", "env.frame_stack=2"], "env.frame_stack"),
     (["env.pixels=false", "env.proprio=false"], "env.proprio"),
-    (["env.action_repeat=2"], "env.action_repeat"),
 ])
 def test_observation_options_that_leave_nothing_to_see_are_refused(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+def test_an_action_repeat_reach_would_ignore_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"env\.action_repeat must be 0 or 1 on reach.*got 2"):
+        load_config(None, ["env.action_repeat=2"])
+    assert load_config(None, ["env.name=dmc:reacher-easy", "env.action_repeat=4"]).env.action_repeat == 4
