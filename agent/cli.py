@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_run_options(p: argparse.ArgumentParser, default_config: Path) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help=f"YAML config (default: {default_config.relative_to(default_config.parents[1])})")
-    p.add_argument("--steps", type=int, help="environment steps in total; sets run.steps")
+    p.add_argument("--steps", type=int, help="agent steps (decisions) in total, each env.action_repeat env steps (2 on dmc:); sets run.steps")
     p.add_argument("--seed", type=int, help="sets run.seed")
     p.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>); sets run.out")
     p.add_argument("--device", choices=["cpu", "cuda"], help="sets run.device")
@@ -235,7 +235,7 @@ def run_agent(args: argparse.Namespace) -> int:
         ret = sum(r["return"] for r in tail) / len(tail)
         ok = [r["success"] for r in tail if "success" in r]
         success = f", success {sum(ok) / len(ok):.0%}" if ok else ""
-        print(f"done: {rows[-1]['env_step']} env steps; last {len(tail)} episodes: "
+        print(f"done: {rows[-1]['env_step']} agent steps; last {len(tail)} episodes: "
               f"return {ret:.2f}{success}. Results in {run_dir}")
     return 0
 

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """Options of one run of the loop."""
 
-    steps: int = 2800  # environment steps in total (a resumed run continues up to this)
+    steps: int = 2800  # agent steps (decisions) in total, a resumed run's too; each is env.action_repeat env steps
     seed: int = 0
     device: str = "cpu"  # "cpu" or "cuda"
     out: str | None = None  # run folder; None means runs/<timestamp>

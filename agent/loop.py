@@ -65,7 +65,7 @@ def code_version() -> str:
 def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = True,
         after_episode: Callable[[Brain, int], None] | None = None, body: str = "sim",
         clear_fault: bool = False, init: Path | None = None) -> list[dict]:
-    """Run the agent for cfg.run.steps env steps in total, writing everything into run_dir.
+    """Run the agent for cfg.run.steps agent steps (decisions) in total, writing everything into run_dir.
 
     `body` is "sim" or "robot" (agent/body.py); `clear_fault` lets a robot be re-armed over a latched
     fault, once. `init` starts a new run from a checkpoint's brain (weights, optimizers and memory,

@@ -26,7 +26,7 @@ def test_sim_run_writes_every_artifact_and_resumes(tmp_path, capsys):
            "--no-progress", *SMALL]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
     assert done.returncode == 0, done.stderr
-    assert "done: 60 env steps" in done.stdout
+    assert "done: 60 agent steps" in done.stdout
 
     for name in ("config.yaml", "metrics.csv", "checkpoint.safetensors", "learning_curve.png", "health.png",
                  "last_episode.mp4"):
