@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from agent.brain import Brain
 
@@ -63,8 +64,9 @@ def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0, first: int =
     """The agent plans as it does while learning, but commits to its plan without exploration noise,
     and so its search is judged by the promise check (planner/promise.py), which learning skips.
     Its surprise at each step steers how long it thinks and when it replans, as in training. Nothing
-    is learned, and the deliberation's running state is as it was afterwards, so training can go on
-    as if the evaluation had not happened (but for the random numbers it drew)."""
+    is learned, and the deliberation's running state and every random stream the agent draws from
+    are as they were afterwards, so training goes on as if the evaluation had not happened: a run
+    trains the same whatever its evaluation schedule."""
     last: dict = {}  # the step just taken, then the latent of what it led to
 
     def policy(obs: dict) -> np.ndarray:
@@ -83,7 +85,9 @@ def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0, first: int =
         last.clear()
         brain.deliberation.new_episode()
 
-    with brain.deliberation.aside():
+    # the policy prior samples from torch's global stream, which the learner shares
+    cuda = [brain.device.index or 0] if brain.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), brain.deliberation.aside():
         return run_episodes(env, policy, episodes, seed, reset=reset, stepped=stepped, first=first)
 
 

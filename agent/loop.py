@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import sim
+from agent import run_lock
 from agent.body import fit_deadline, make_body
 from agent.brain import Brain
 from agent.checkpoint import load_checkpoint, save_checkpoint
@@ -90,10 +91,15 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
             meta = resume_from(brain, cfg, run_dir / CHECKPOINT)
             counters.env_step, counters.episode = meta["env_step"], meta["episode"]
             counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
-    except BaseException:
+        with run_lock.hold(run_dir):  # one process per run folder
+            return learn(env, brain, cfg, run_dir, counters, resume, show_progress, after_episode, body_name)
+    finally:
         env.close()
-        raise
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def learn(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counters, resume: bool, show_progress: bool,
+          after_episode: Callable[[Brain, int], None] | None, body_name: str) -> list[dict]:
+    """The episodes of a run whose body and brain are built, in the run folder this process holds."""
     save_config(cfg, run_dir / "config.yaml")
     metrics = MetricsLog(run_dir / "metrics.csv")
     if resume:  # episodes that ended after the checkpoint (a crash, a kill) run again: their rows and files go
@@ -101,19 +107,16 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
         set_aside_episodes(run_dir / "episodes", counters.episode)
     rows: list[dict] = []
     last: EpisodeResult | None = None
-    try:
-        with Progress(cfg.run.steps, counters.env_step, enabled=show_progress) as progress:
-            while counters.env_step < cfg.run.steps:
-                last = run_episode(env, brain, cfg, run_dir, counters, progress, body_name)
-                metrics.append(last.row)
-                rows.append(last.row)
-                progress.episode_done(last.row)
-                if after_episode is not None:
-                    after_episode(brain, counters.env_step)
-                if counters.episode % cfg.run.checkpoint_every == 0:
-                    checkpoint(brain, counters, run_dir)
-    finally:
-        env.close()
+    with Progress(cfg.run.steps, counters.env_step, enabled=show_progress) as progress:
+        while counters.env_step < cfg.run.steps:
+            last = run_episode(env, brain, cfg, run_dir, counters, progress, body_name)
+            metrics.append(last.row)
+            rows.append(last.row)
+            progress.episode_done(last.row)
+            if after_episode is not None:
+                after_episode(brain, counters.env_step)
+            if counters.episode % cfg.run.checkpoint_every == 0:
+                checkpoint(brain, counters, run_dir)
     checkpoint(brain, counters, run_dir)
     if last is not None and cfg.run.video and last.imagined:
         write_side_by_side(run_dir / "last_episode.mp4", last.real, last.imagined, fps=1 / sim.control_period(env))

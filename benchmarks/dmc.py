@@ -12,13 +12,16 @@ Our agent trains through `omniloop sim`'s own loop on configs/dmc.yaml (one set 
 for every task) and is evaluated between episodes; SAC is stable-baselines3's, with its defaults,
 on the same env adapter. Everything lands in --out: results.csv (one row per evaluation), curve.png
 (mean and range over seeds), each run's own folder, and a printed table at 20k, 50k and 100k steps.
-A run that is stopped resumes from its folder: run the same command again.
+Our agent's run, stopped, resumes from its folder's last checkpoint (after its last evaluation):
+run the same command again. SAC keeps no checkpoint: an unfinished SAC run starts over. One
+process at a time may use an --out folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import shutil
 import time
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import sim
+from agent import run_lock
 from agent.brain import Brain
 from agent.checkpoint import read_checkpoint_meta
 from agent.config import load_config
@@ -89,9 +93,21 @@ class Results:
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
-        if path.exists():
-            with open(path, newline="") as f:
-                self.rows = [self._typed(r) for r in csv.DictReader(f)]
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            text = f.read()
+        raw = list(csv.DictReader(io.StringIO(text)))
+        cut = not text.endswith("\n")  # a kill while a row was written: that row is not whole
+        if cut and raw:
+            print(f"{path}: its last row was cut short (a kill?) and is dropped: {raw.pop()}")
+        for line, row in enumerate(raw, start=2):
+            try:
+                self.rows.append(self._typed(row))
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}, line {line}: not a results row ({row}); fix or remove it") from None
+        if cut:  # written again without it, so the next row starts on a line of its own
+            self.rewrite()
 
     @staticmethod
     def _typed(row: dict) -> dict:
@@ -115,6 +131,10 @@ class Results:
         if all(keep(r) for r in self.rows):
             return
         self.rows = [r for r in self.rows if keep(r)]
+        self.rewrite()
+
+    def rewrite(self) -> None:
+        """The file from the rows kept, replaced in one step."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill mid-write keeps every other run's rows
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -178,6 +198,11 @@ def train_ours(args: argparse.Namespace, seed: int, results: Results) -> None:
     cfg = load_config(args.config, base)
     eval_env = sim.make(cfg.env, seed=seed)
     repeat = eval_env.unwrapped.action_repeat
+    per_episode = eval_env.unwrapped.env_steps_per_episode
+    if args.eval_every % per_episode:  # our agent is evaluated between episodes: a step on, it would be late
+        eval_env.close()
+        raise SystemExit(f"--eval-every ({args.eval_every}) must be a multiple of dmc:{args.task}'s episode, "
+                         f"{per_episode} env steps")
     cfg = load_config(args.config, [*base, f"run.steps={args.steps // repeat}"])
     # Resume from the checkpoint (configs/dmc.yaml writes one right after each evaluation); rows
     # evaluated after it are done again. Without a checkpoint the run starts over.
@@ -298,12 +323,13 @@ def plot(rows: list[dict], task: str, obs: str, episodes: int, path: Path) -> No
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = Results(args.out / "results.csv")
-    for seed in args.seed_list:
-        if not args.skip_ours:
-            train_ours(args, seed, results)
-        if args.baseline == "sac":
-            train_sac(args, seed, results)
+    with run_lock.hold(args.out):  # two processes appending to one results.csv would each drop the other's rows
+        results = Results(args.out / "results.csv")
+        for seed in args.seed_list:
+            if not args.skip_ours:
+                train_ours(args, seed, results)
+            if args.baseline == "sac":
+                train_sac(args, seed, results)
     rows = [r for r in results.rows if r["task"] == args.task and r["obs"] == args.obs]
     plot(rows, args.task, args.obs, args.eval_episodes, args.out / "curve.png")
     print()

@@ -51,11 +51,12 @@ class Deliberation:
 
     @contextlib.contextmanager
     def aside(self) -> Iterator[None]:
-        """Decide inside this block without changing what the running means and warm start will be
-        after it (an evaluation between training episodes)."""
+        """Decide inside this block without changing what the running means, warm start and the
+        search's random draws will be after it (an evaluation between training episodes)."""
         kept = (self.surprise_mean, self.uncertainty_mean, self.relative_surprise, self.agreement, self.mppi.mean,
                 self.takeover_left)
         promise = self.promise.state() if self.promise else None
+        draws = self.mppi.gen.get_state() if self.mppi.gen is not None else None
         try:
             yield
         finally:
@@ -63,6 +64,8 @@ class Deliberation:
              self.takeover_left) = kept
             if self.promise:
                 self.promise.restore(promise)
+            if draws is not None:
+                self.mppi.gen.set_state(draws)
 
     def new_episode(self) -> None:
         self.mppi.reset()

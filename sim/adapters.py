@@ -291,6 +291,15 @@ class DMCAdapter(gymnasium.Env):
         self.observation_space = spaces.Dict(observation)
         self.action_space = unit_action_space(tuple(spec.shape))
 
+    @property
+    def env_steps_per_episode(self) -> int:
+        """Physics control steps in a whole episode (action repeat counted): the task's time limit
+        (1000 for the suite's tasks), or episode_length x action_repeat when that is shorter."""
+        limit = self._env._step_limit  # dm_control's own count, from the task's time limit
+        if self.episode_length:
+            limit = min(limit, self.episode_length * self.action_repeat)
+        return int(limit)
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

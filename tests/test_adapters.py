@@ -134,6 +134,7 @@ def test_dmc_truncates_at_its_time_limit():
         flags = [env.step(zero)[2:4] for _ in range(500)]
         assert flags[-1] == (False, True) and all(f == (False, False) for f in flags[:-1])
         assert sim.control_period(env) == pytest.approx(0.04)
+        assert env.env_steps_per_episode == 1000
     finally:
         env.close()
 
@@ -144,6 +145,7 @@ def test_dmc_episode_length_and_repeat_from_config():
         env.reset(seed=0)
         flags = [env.step(np.zeros(1, dtype=np.float32))[3] for _ in range(3)]
         assert flags == [False, False, True] and sim.control_period(env) == pytest.approx(0.04)
+        assert env.env_steps_per_episode == 12
     finally:
         env.close()
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "env.episode_length=10", "run.seed_steps=10", "run.warmup_updates=2", "learner.batch_size=8",
@@ -86,6 +88,26 @@ def test_dmc_evaluations_resumed_past_lost_rows_keep_their_labels_and_training_t
     evaluator(30, lambda: Evaluation(2, 5.0, 1.0, None, 10.0))
     assert [r["env_steps"] for r in results.rows] == [60]
     assert 100.0 <= results.rows[0]["train_s"] < 105.0
+
+
+def test_dmc_results_drop_a_row_a_kill_cut_short_and_name_a_broken_one(tmp_path, capsys):
+    dmc = load("dmc")
+    path = tmp_path / "results.csv"
+    whole = "omniloop,reacher-easy,state,0,10000,700.5,20.0,600.0,400.0"
+    path.write_text(",".join(dmc.FIELDS) + "\r\n" + whole + "\r\n" + "omniloop,reacher-easy,state,0,20000,81")
+    results = dmc.Results(path)
+    assert [r["env_steps"] for r in results.rows] == [10000]
+    assert "cut short" in capsys.readouterr().out
+    assert path.read_bytes().endswith(f"{whole}\r\n".encode())  # the next row starts on a line of its own
+    path.write_text(",".join(dmc.FIELDS) + "\r\nomniloop,reacher-easy,state,0,ten,1,1,1,1\r\n" + whole + "\r\n")
+    with pytest.raises(ValueError, match="line 2"):
+        dmc.Results(path)
+
+
+def test_dmc_refuses_evaluations_that_would_fall_inside_an_episode(tmp_path):
+    dmc = load("dmc")
+    with pytest.raises(SystemExit, match="multiple of dmc:reacher-easy's episode, 20 env steps"):
+        dmc.main(["--task", "reacher-easy", "--steps", "60", "--eval-every", "30", "--out", str(tmp_path), *TINY])
 
 
 def test_moe_multiplier_interpolates_where_dense_crosses_the_target():

@@ -119,6 +119,18 @@ def test_an_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys)
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_folder_another_process_holds_is_refused_by_name(tmp_path, capsys):
+    """Two runs writing one folder would mix their rows: the second is refused before it writes."""
+    from agent import run_lock
+
+    run_dir = tmp_path / "r"
+    with run_lock.hold(run_dir):  # as another process would: flock conflicts across open files
+        assert main(["sim", "--steps", "10", "--out", str(run_dir), "--no-progress", *SMALL]) == 2
+        assert f"{run_dir} is in use by another process (pid {os.getpid()})" in capsys.readouterr().err
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    assert main(["sim", "--steps", "10", "--out", str(run_dir), "--no-progress", *SMALL]) == 0  # free again
+
+
 def test_a_corrupt_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
     from agent.config import load_config, save_config
 
@@ -130,7 +142,10 @@ def test_a_corrupt_checkpoint_is_named_not_a_traceback(tmp_path, capsys):
 
 def test_evaluation_reports_every_reward_and_surprise_to_the_deliberation():
     """The promise check needs the rewards in evaluation too, or a stuck search would stay stuck there;
-    the thinking budget needs the surprise, or it would never leave 1x there."""
+    the thinking budget needs the surprise, or it would never leave 1x there. And an evaluation
+    leaves every random stream of the agent as it found it."""
+    import torch
+
     import sim
     from agent.brain import Brain
     from agent.config import load_config
@@ -143,6 +158,8 @@ def test_evaluation_reports_every_reward_and_surprise_to_the_deliberation():
     brain.deliberation.rewarded = rewards.append
     observe = brain.deliberation.observe
     brain.deliberation.observe = lambda s: surprises.append(s) or observe(s)
+    streams = (torch.random.get_rng_state(), brain.plan_rng.get_state(), brain.rng.bit_generator.state,
+               brain.memory.rng.bit_generator.state)
     try:
         ev = evaluate_agent(env, brain, episodes=2)
     finally:
@@ -151,3 +168,8 @@ def test_evaluation_reports_every_reward_and_surprise_to_the_deliberation():
     assert sum(rewards) / 2 == pytest.approx(ev.mean_return)
     assert len(surprises) == 2 * 20 and all(s > 0 for s in surprises)
     assert brain.deliberation.surprise_mean is None  # and none of it kept after the evaluation
+    # nor any random number: training goes on as it would have without the evaluation
+    after = (torch.random.get_rng_state(), brain.plan_rng.get_state(), brain.rng.bit_generator.state,
+             brain.memory.rng.bit_generator.state)
+    assert torch.equal(after[0], streams[0]) and torch.equal(after[1], streams[1])
+    assert after[2:] == streams[2:]
