@@ -86,7 +86,8 @@ def evaluate_agent(env, brain: Brain, episodes: int, seed: int = 0, first: int =
         brain.deliberation.new_episode()
 
     # the policy prior samples from torch's global stream, which the learner shares
-    cuda = [brain.device.index or 0] if brain.device.type == "cuda" else []
+    cuda = [] if brain.device.type != "cuda" else [
+        torch.cuda.current_device() if brain.device.index is None else brain.device.index]
     with torch.random.fork_rng(devices=cuda), brain.deliberation.aside():
         return run_episodes(env, policy, episodes, seed, reset=reset, stepped=stepped, first=first)
 

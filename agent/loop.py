@@ -75,26 +75,27 @@ def run(cfg: Config, run_dir: Path, resume: bool = False, show_progress: bool = 
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
     torch.manual_seed(cfg.run.seed)
-    if not resume and (run_dir / "metrics.csv").exists():
-        how = ("continue it with --resume" if (run_dir / CHECKPOINT).exists()
-               else "it stopped before its first checkpoint, so delete it")
-        raise FileExistsError(f"{run_dir} already holds a run: {how}, or choose another --out")
-    env, body_name = make_body(cfg, body, clear_fault)  # the body first: one that cannot be built leaves no run folder
-    if body == "robot":
-        fit_deadline(cfg, sim.control_period(env))
-    counters = Counters()
-    try:  # nothing is written to the run folder until the brain is built and its checkpoint fits
-        brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
-        if init is not None:
-            start_from(brain, init)
-        if resume:
-            meta = resume_from(brain, cfg, run_dir / CHECKPOINT)
-            counters.env_step, counters.episode = meta["env_step"], meta["episode"]
-            counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
-        with run_lock.hold(run_dir):  # one process per run folder
+    with run_lock.hold(run_dir):  # first: a second process must not even connect to the robot
+        if not resume and (run_dir / "metrics.csv").exists():
+            how = ("continue it with --resume" if (run_dir / CHECKPOINT).exists()
+                   else "it stopped before its first checkpoint, so delete it")
+            raise FileExistsError(f"{run_dir} already holds a run: {how}, or choose another --out")
+        env, body_name = make_body(cfg, body, clear_fault)  # a body that cannot be built leaves no run folder
+        try:
+            if body == "robot":
+                fit_deadline(cfg, sim.control_period(env))
+            counters = Counters()
+            # nothing is written to the run folder until the brain is built and its checkpoint fits
+            brain = Brain(cfg, sim.observation_spec(env.observation_space), env.action_space.shape[0])
+            if init is not None:
+                start_from(brain, init)
+            if resume:
+                meta = resume_from(brain, cfg, run_dir / CHECKPOINT)
+                counters.env_step, counters.episode = meta["env_step"], meta["episode"]
+                counters.started = time.time() - meta["wall_s"]  # wall_s keeps counting from where it stopped
             return learn(env, brain, cfg, run_dir, counters, resume, show_progress, after_episode, body_name)
-    finally:
-        env.close()
+        finally:
+            env.close()
 
 
 def learn(env, brain: Brain, cfg: Config, run_dir: Path, counters: Counters, resume: bool, show_progress: bool,

@@ -97,11 +97,12 @@ class Results:
             return
         with open(path, newline="") as f:
             text = f.read()
-        raw = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        raw = [(reader.line_num, row) for row in reader]
         cut = not text.endswith("\n")  # a kill while a row was written: that row is not whole
         if cut and raw:
-            print(f"{path}: its last row was cut short (a kill?) and is dropped: {raw.pop()}")
-        for line, row in enumerate(raw, start=2):
+            print(f"{path}: its last row was cut short (a kill?) and is dropped: {raw.pop()[1]}")
+        for line, row in raw:
             try:
                 self.rows.append(self._typed(row))
             except (KeyError, TypeError, ValueError):
@@ -199,10 +200,11 @@ def train_ours(args: argparse.Namespace, seed: int, results: Results) -> None:
     eval_env = sim.make(cfg.env, seed=seed)
     repeat = eval_env.unwrapped.action_repeat
     per_episode = eval_env.unwrapped.env_steps_per_episode
-    if args.eval_every % per_episode:  # our agent is evaluated between episodes: a step on, it would be late
+    # our agent is evaluated between episodes, so each must end on an evaluation's step or before it
+    if per_episode is not None and (args.eval_every % per_episode or per_episode % repeat):
         eval_env.close()
         raise SystemExit(f"--eval-every ({args.eval_every}) must be a multiple of dmc:{args.task}'s episode, "
-                         f"{per_episode} env steps")
+                         f"{per_episode} env steps, and the episode one of the action repeat ({repeat})")
     cfg = load_config(args.config, [*base, f"run.steps={args.steps // repeat}"])
     # Resume from the checkpoint (configs/dmc.yaml writes one right after each evaluation); rows
     # evaluated after it are done again. Without a checkpoint the run starts over.
@@ -323,13 +325,16 @@ def plot(rows: list[dict], task: str, obs: str, episodes: int, path: Path) -> No
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with run_lock.hold(args.out):  # two processes appending to one results.csv would each drop the other's rows
-        results = Results(args.out / "results.csv")
-        for seed in args.seed_list:
-            if not args.skip_ours:
-                train_ours(args, seed, results)
-            if args.baseline == "sac":
-                train_sac(args, seed, results)
+    try:  # two processes appending to one results.csv would each drop the other's rows
+        with run_lock.hold(args.out):
+            results = Results(args.out / "results.csv")
+            for seed in args.seed_list:
+                if not args.skip_ours:
+                    train_ours(args, seed, results)
+                if args.baseline == "sac":
+                    train_sac(args, seed, results)
+    except run_lock.FolderInUse as exc:
+        raise SystemExit(str(exc)) from None
     rows = [r for r in results.rows if r["task"] == args.task and r["obs"] == args.obs]
     plot(rows, args.task, args.obs, args.eval_episodes, args.out / "curve.png")
     print()

@@ -10,6 +10,7 @@ take actions in Box(-1, 1) that are mapped linearly onto the task's own bounds, 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium
@@ -292,13 +293,14 @@ class DMCAdapter(gymnasium.Env):
         self.action_space = unit_action_space(tuple(spec.shape))
 
     @property
-    def env_steps_per_episode(self) -> int:
+    def env_steps_per_episode(self) -> int | None:
         """Physics control steps in a whole episode (action repeat counted): the task's time limit
-        (1000 for the suite's tasks), or episode_length x action_repeat when that is shorter."""
-        limit = self._env._step_limit  # dm_control's own count, from the task's time limit
+        (1000 for the suite's tasks but lqr's), or episode_length x action_repeat when that is
+        shorter; None for a task without a time limit (lqr) run with no episode_length."""
+        limit = self._env._step_limit  # dm_control's own count, from the task's time limit (inf: none)
         if self.episode_length:
             limit = min(limit, self.episode_length * self.action_repeat)
-        return int(limit)
+        return None if math.isinf(limit) else round(limit)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

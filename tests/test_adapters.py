@@ -148,6 +148,11 @@ def test_dmc_episode_length_and_repeat_from_config():
         assert env.env_steps_per_episode == 12
     finally:
         env.close()
+    env = make("dmc:lqr-lqr_2_1", pixels=False)  # a task without a time limit
+    try:
+        assert env.env_steps_per_episode is None
+    finally:
+        env.close()
 
 
 def test_gym_control_period_and_episode_length_count_agent_steps():

@@ -104,10 +104,15 @@ def test_dmc_results_drop_a_row_a_kill_cut_short_and_name_a_broken_one(tmp_path,
         dmc.Results(path)
 
 
-def test_dmc_refuses_evaluations_that_would_fall_inside_an_episode(tmp_path):
+def test_dmc_refuses_evaluations_inside_an_episode_and_an_out_folder_in_use(tmp_path):
+    from agent import run_lock
+
     dmc = load("dmc")
     with pytest.raises(SystemExit, match="multiple of dmc:reacher-easy's episode, 20 env steps"):
         dmc.main(["--task", "reacher-easy", "--steps", "60", "--eval-every", "30", "--out", str(tmp_path), *TINY])
+    with run_lock.hold(tmp_path), pytest.raises(SystemExit, match="in use by another process"):
+        dmc.main(["--task", "reacher-easy", "--steps", "40", "--eval-every", "20", "--out", str(tmp_path), *TINY])
+    assert not (tmp_path / "results.csv").exists()
 
 
 def test_moe_multiplier_interpolates_where_dense_crosses_the_target():

@@ -119,15 +119,19 @@ def test_an_unknown_task_is_refused_before_anything_is_written(tmp_path, capsys)
     assert not (tmp_path / "r").exists()
 
 
-def test_a_run_folder_another_process_holds_is_refused_by_name(tmp_path, capsys):
+def test_a_run_folder_another_process_holds_is_refused_by_name(tmp_path, capsys, monkeypatch):
     """Two runs writing one folder would mix their rows: the second is refused before it writes."""
     from agent import run_lock
 
     run_dir = tmp_path / "r"
+    built = []
+    monkeypatch.setattr("agent.loop.make_body", lambda *a: built.append(a))  # a robot would be connected here
     with run_lock.hold(run_dir):  # as another process would: flock conflicts across open files
         assert main(["sim", "--steps", "10", "--out", str(run_dir), "--no-progress", *SMALL]) == 2
         assert f"{run_dir} is in use by another process (pid {os.getpid()})" in capsys.readouterr().err
-        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"] and not built
+    assert not run_dir.exists()  # the folder the lock made, and nothing wrote to, is gone
+    monkeypatch.undo()
     assert main(["sim", "--steps", "10", "--out", str(run_dir), "--no-progress", *SMALL]) == 0  # free again
 
 
