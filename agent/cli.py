@@ -241,6 +241,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def train_offline(args: argparse.Namespace) -> int:
+    from agent import run_lock
     from agent.checkpoint import CheckpointError
     from agent.episodes import EpisodeError
     from agent.offline import read_episodes, recorded_config, train_offline as train
@@ -258,11 +259,12 @@ def train_offline(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S-offline")
         cfg.run.out = str(out)
         validate(cfg)
-        if (out / "checkpoint.safetensors").exists() or (out / "metrics.csv").exists():
-            raise ConfigError(f"{out} already holds a run (its checkpoint or metrics.csv); choose another --out")
-        print(f"run folder: {out}")
-        summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress)
-    except (ConfigError, EpisodeError, CheckpointError) as exc:
+        with run_lock.hold(out):  # one process per run folder, as for `sim`
+            if (out / "checkpoint.safetensors").exists() or (out / "metrics.csv").exists():
+                raise ConfigError(f"{out} already holds a run (its checkpoint or metrics.csv); choose another --out")
+            print(f"run folder: {out}")
+            summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress)
+    except (ConfigError, EpisodeError, CheckpointError, run_lock.FolderInUse) as exc:
         print(f"omniloop train: error: {exc}", file=sys.stderr)
         return 2
     last = summary["last"]

@@ -53,6 +53,13 @@ def test_train_learns_from_episodes_and_sim_init_goes_on_online(tmp_path: Path, 
     # a second `train` into the same folder is refused: its metrics would mix two runs
     assert main(["train", "--episodes", str(run), "--updates", "5", "--out", str(out), "--no-progress", *SMALL]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    # and so is one into a folder another process is writing
+    from agent import run_lock
+
+    busy = tmp_path / "busy"
+    with run_lock.hold(busy):
+        assert main(["train", "--episodes", str(run), "--updates", "5", "--out", str(busy), "--no-progress", *SMALL]) == 2
+    assert "is in use by another process" in capsys.readouterr().err and not busy.exists()
 
 
 def test_a_brain_that_does_not_fit_is_refused_and_leaves_no_run(tmp_path: Path, capsys) -> None:
