@@ -178,6 +178,8 @@ class Evaluator:
         env_steps = agent_steps * self.repeat
         while env_steps >= self.next and self.next <= self.args.steps:
             train_s = self.train_s_before + time.perf_counter() - self.started - self.eval_s
+            print(f"[{self.agent} seed {self.seed}] {self.next:>7} env steps: evaluating "
+                  f"{self.args.eval_episodes} episodes (the bar waits)", flush=True)  # minutes, on 2 cores
             start = time.perf_counter()
             ev = evaluate()
             spent = time.perf_counter() - start

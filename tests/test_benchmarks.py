@@ -46,7 +46,9 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
                                                               ("sac", "20"), ("sac", "40")]
     assert all(0 <= float(r["return"]) <= 20 for r in results)  # 10 steps of 2 env steps, rewards in [0, 1]
     assert (out / "curve.png").stat().st_size > 1000
-    assert "| omniloop (this machine) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| omniloop (this machine) |" in printed
+    assert "[omniloop seed 0]      20 env steps: evaluating 2 episodes" in printed  # said before the wait
 
     # Run again: the finished run is not repeated, and its rows stay.
     dmc.main(["--task", "reacher-easy", "--steps", "40", "--eval-every", "20", "--eval-episodes", "2",
