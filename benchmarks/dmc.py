@@ -188,7 +188,8 @@ class Evaluator:
                               "env_steps": self.next, "return": ev.mean_return, "return_std": ev.std_return,
                               "train_s": train_s, "eval_s": spent})
             print(f"[{self.agent} seed {self.seed}] {self.next:>7} env steps: return {ev.mean_return:7.1f} "
-                  f"± {ev.std_return:5.1f}   (training {train_s / 60:.1f} min, evaluation {spent:.0f} s)", flush=True)
+                  f"± {ev.std_return:5.1f}   (training {train_s / 60:.1f} min, evaluation {spent:.0f} s)\n"
+                  f"    each episode: {' '.join(f'{r:.0f}' for r in ev.returns)}", flush=True)  # a lost start shows
             self.next += self.args.eval_every
 
 

@@ -49,6 +49,7 @@ def test_dmc_benchmark_ours_and_sac_then_moe_vs_dense(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| omniloop (this machine) |" in printed
     assert "[omniloop seed 0]      20 env steps: evaluating 2 episodes" in printed  # said before the wait
+    assert printed.count("    each episode: ") == 4  # 2 evaluations of each agent, every episode's return
 
     # Run again: the finished run is not repeated, and its rows stay.
     dmc.main(["--task", "reacher-easy", "--steps", "40", "--eval-every", "20", "--eval-episodes", "2",
