@@ -7,9 +7,11 @@ loop (planning, acting, recording and learning).
     python benchmarks/learn_reach.py planner.horizon=5     # any config override
 
 Training runs through `omniloop sim`'s own loop, resuming the run folder from one stage to the next;
-after each stage the checkpoint is evaluated on episodes whose starts training never saw, with the
-planner committing to its plan without exploration noise. Writes results.csv and learn_reach.png into
-the run folder and prints a table.
+a run stopped between stages, or given later stages, goes on from its folder (--out) where it
+stopped: the stages in its results.csv are kept, not run again. After each stage the checkpoint is
+evaluated on episodes whose starts training never saw, with the planner committing to its plan
+without exploration noise. Writes results.csv (after every stage) and learn_reach.png into the run
+folder and prints a table.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from pathlib import Path
 
 import sim
 from agent.brain import Brain
-from agent.checkpoint import load_checkpoint
+from agent.checkpoint import load_checkpoint, read_checkpoint_meta
 from agent.cli import DEFAULT_CONFIG
 from agent.config import load_config
 from agent.evaluate import Evaluation, evaluate_agent, evaluate_random
 from agent.loop import CHECKPOINT, run
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", default="5000,10000,20000", help="env steps at which to evaluate, comma-separated")
     p.add_argument("--eval-episodes", type=int, default=50)
@@ -36,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs") / time.strftime("bench_learn_reach-%Y%m%d-%H%M%S"))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def evaluate_checkpoint(cfg, run_dir: Path, episodes: int, seed: int) -> Evaluation:
@@ -70,10 +72,33 @@ def plot(rows: list[dict], random: Evaluation, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    args = parse_args()
+def finished_stages(run_dir: Path) -> list[dict]:
+    """The rows of the stages an earlier invocation finished in this run folder (none for a new one)."""
+    path = run_dir / "results.csv"
+    if not path.exists():
+        return []
+    if not (run_dir / CHECKPOINT).exists():
+        raise SystemExit(f"{path} exists but {run_dir / CHECKPOINT} does not: nothing to resume from")
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "env_step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_results(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     stages = sorted(int(s) for s in args.stages.split(","))
     run_dir = args.out
+    rows = finished_stages(run_dir)
+    done = rows[-1]["env_step"] if rows else 0
+    if any(s < done and s not in {r["env_step"] for r in rows} for s in stages):
+        raise SystemExit(f"{run_dir} has trained to {done} env steps: stages below that can no longer be "
+                         f"evaluated ({args.stages})")
     base = [*args.overrides, f"run.seed={args.seed}", f"run.out={run_dir}"]
     cfg = load_config(args.config, base)
     env = sim.make(cfg.env, seed=args.seed)
@@ -81,27 +106,23 @@ def main() -> None:
     env.close()
     print(f"random policy: return {random.mean_return:.2f}, success {random.success_rate:.0%}")
 
-    rows: list[dict] = []
-    train_steps, train_seconds = 0, 0.0
-    for i, steps in enumerate(stages):
+    for steps in (s for s in stages if s > done):
         cfg = load_config(args.config, [*base, f"run.steps={steps}"])
-        start = time.perf_counter()
-        run(cfg, run_dir, resume=i > 0)
-        train_seconds += time.perf_counter() - start
-        train_steps = steps
+        run(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists())
+        # the loop's own clock, kept across resumed sittings: training alone, evaluations are outside it
+        train_seconds = read_checkpoint_meta(run_dir / CHECKPOINT)["wall_s"]
         ev = evaluate_checkpoint(cfg, run_dir, args.eval_episodes, args.seed)
         rows.append({"env_step": steps, "return": ev.mean_return, "return_std": ev.std_return,
                      "success": ev.success_rate, "random_return": random.mean_return,
-                     "random_success": random.success_rate, "loop_steps_per_s": train_steps / train_seconds,
+                     "random_success": random.success_rate, "loop_steps_per_s": steps / train_seconds,
                      "train_minutes": train_seconds / 60})
         print(f"{steps} env steps: success {ev.success_rate:.0%}, return {ev.mean_return:.2f} "
               f"(random {random.success_rate:.0%}, {random.mean_return:.2f}); "
-              f"loop {train_steps / train_seconds:.2f} env steps/s")
+              f"loop {steps / train_seconds:.2f} env steps/s")
+        write_results(rows, run_dir / "results.csv")  # after every stage: what a stopped run resumes from
 
-    with open(run_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    if not rows:
+        raise SystemExit(f"no stages to run: {args.stages}")
     plot(rows, random, run_dir / "learn_reach.png")
     print("\n| env steps | success | return | random success | random return | return vs random | loop env steps/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -217,3 +217,24 @@ def test_bridge_benchmark_reads_a_process_cpu_time_from_proc_as_the_process_itse
         pass
     tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc counts in clock ticks
     assert abs((bridge.robot_cpu_s(os.getpid()) - proc) - (bridge.agent_cpu_s() - own)) <= 2 * tick + 0.02
+
+
+def test_learn_reach_goes_on_from_its_run_folder_where_it_stopped(tmp_path, capsys):
+    from agent.checkpoint import read_checkpoint_meta
+
+    reach = load("learn_reach")
+    out = tmp_path / "reach"
+    reach.main(["--stages", "20", "--eval-episodes", "1", "--out", str(out), *TINY])
+    (first,) = rows(out / "results.csv")
+    assert first["env_step"] == "20" and 0 <= float(first["success"]) <= 1
+
+    # Later stages on the same folder: stage 20 is kept, not trained or evaluated again.
+    reach.main(["--stages", "20,40", "--eval-episodes", "1", "--out", str(out), *TINY])
+    kept, later = rows(out / "results.csv")
+    assert kept == first
+    assert later["env_step"] == "40" and float(later["train_minutes"]) > float(first["train_minutes"])
+    assert read_checkpoint_meta(out / "checkpoint.safetensors")["env_step"] == 40
+    assert (out / "learn_reach.png").stat().st_size > 1000
+
+    with pytest.raises(SystemExit, match="can no longer be evaluated"):  # the model has moved past 30
+        reach.main(["--stages", "30,60", "--eval-episodes", "1", "--out", str(out), *TINY])
