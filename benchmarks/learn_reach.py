@@ -38,7 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs") / time.strftime("bench_learn_reach-%Y%m%d-%H%M%S"))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.stages = sorted({int(s) for s in args.stages.split(",")})
+    except ValueError:
+        p.error(f"--stages must be env step counts separated by commas, got {args.stages!r}")
+    if args.stages[0] < 1:
+        p.error(f"--stages must be positive, got {args.stages}")
+    return args
 
 
 def evaluate_checkpoint(cfg, run_dir: Path, episodes: int, seed: int) -> Evaluation:
@@ -79,8 +86,15 @@ def finished_stages(run_dir: Path) -> list[dict]:
         return []
     if not (run_dir / CHECKPOINT).exists():
         raise SystemExit(f"{path} exists but {run_dir / CHECKPOINT} does not: nothing to resume from")
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "env_step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: (int(v) if k == "env_step" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (ValueError, TypeError) as exc:  # a number that is not one, or a row cut short
+        raise SystemExit(f"{path} is not a learn_reach results file ({exc}); move it away to start over") from None
+    if not rows or "env_step" not in rows[0] or "train_minutes" not in rows[0]:
+        raise SystemExit(f"{path} is not a learn_reach results file (no env_step and train_minutes rows); "
+                         "move it away to start over")
+    return rows
 
 
 def write_results(rows: list[dict], path: Path) -> None:
@@ -92,8 +106,7 @@ def write_results(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    stages = sorted(int(s) for s in args.stages.split(","))
-    run_dir = args.out
+    stages, run_dir = args.stages, args.out
     rows = finished_stages(run_dir)
     done = rows[-1]["env_step"] if rows else 0
     if any(s < done and s not in {r["env_step"] for r in rows} for s in stages):
@@ -121,8 +134,6 @@ def main(argv: list[str] | None = None) -> None:
               f"loop {steps / train_seconds:.2f} env steps/s")
         write_results(rows, run_dir / "results.csv")  # after every stage: what a stopped run resumes from
 
-    if not rows:
-        raise SystemExit(f"no stages to run: {args.stages}")
     plot(rows, random, run_dir / "learn_reach.png")
     print("\n| env steps | success | return | random success | random return | return vs random | loop env steps/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

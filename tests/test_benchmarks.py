@@ -238,3 +238,9 @@ def test_learn_reach_goes_on_from_its_run_folder_where_it_stopped(tmp_path, caps
 
     with pytest.raises(SystemExit, match="can no longer be evaluated"):  # the model has moved past 30
         reach.main(["--stages", "30,60", "--eval-episodes", "1", "--out", str(out), *TINY])
+    with pytest.raises(SystemExit):  # argparse's error, naming --stages
+        reach.main(["--stages", "5k", "--out", str(out)])
+    assert "--stages must be env step counts" in capsys.readouterr().err
+    (out / "results.csv").write_text("env_step,return\n20,not a number\n")
+    with pytest.raises(SystemExit, match="results.csv is not a learn_reach results file"):
+        reach.main(["--stages", "60", "--eval-episodes", "1", "--out", str(out), *TINY])
