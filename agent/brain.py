@@ -166,9 +166,11 @@ class Brain:
         )
         return tensors, meta
 
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, same_run: bool = True) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, same_run: bool = True,
+                   with_memory: bool = True) -> None:
         """Put a checkpoint's brain back. `same_run` (a resume) also restores the random streams; a new run
-        started from it (--init) keeps its own seed's streams and its own config's learning rates."""
+        started from it (--init) keeps its own seed's streams and its own config's learning rates.
+        Without `with_memory` the memory stays as it is (`omniloop train --init` fills it from episodes)."""
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
         optimizers = {"optim": self.learner.optim, "pi_optim": self.learner.pi_optim}
@@ -178,8 +180,9 @@ class Brain:
             if not same_run:
                 for group, lr in zip(opt.param_groups, rates[name]):
                     group["lr"] = lr
-        arrays = {k[len("memory."):]: v.numpy() for k, v in tensors.items() if k.startswith("memory.")}
-        self.memory.load_state(arrays, meta["memory"])
+        if with_memory:
+            arrays = {k[len("memory."):]: v.numpy() for k, v in tensors.items() if k.startswith("memory.")}
+            self.memory.load_state(arrays, meta["memory"])
         if same_run:
             self.memory.rng.bit_generator.state = meta["memory_rng"]
             self.rng.bit_generator.state = meta["rng"]

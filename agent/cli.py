@@ -117,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--episodes", type=Path, required=True, metavar="DIR", help="a run folder or a folder of episodes")
     train.add_argument("--updates", type=int, default=2000, help="learner steps (default 2000)")
     train.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-offline)")
-    train.add_argument("--config", type=Path, help="YAML config (default: the one the episodes were recorded with)")
+    train.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                       help="start the learner from this checkpoint's weights and optimizer moments (its memory is "
+                            "not used: the episodes fill it), with the config.yaml beside it unless --config is given; "
+                            "e.g. more updates on a finished run's own episodes")
+    train.add_argument("--config", type=Path,
+                       help="YAML config (default: the one beside --init, else the one the episodes were recorded with)")
     train.add_argument("--device", choices=["cpu", "cuda"], help="sets run.device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set any config field, e.g. learner.batch_size=64")
@@ -249,9 +254,13 @@ def train_offline(args: argparse.Namespace) -> int:
     try:
         if args.updates < 1:
             raise ConfigError(f"--updates must be at least 1, got {args.updates}")
+        if args.init is not None and not args.init.is_file():
+            raise ConfigError(f"--init {args.init} is not a file")
         episodes = read_episodes(args.episodes)
         if args.config is not None:
             cfg = load_config(args.config, args.overrides)
+        elif args.init is not None and (args.init.parent / "config.yaml").is_file():
+            cfg = load_config(args.init.parent / "config.yaml", args.overrides)  # the brain's own model
         else:  # the episodes' own config: the model then fits the body that recorded them
             cfg = recorded_config(episodes, args.overrides)
         if args.device is not None:
@@ -263,7 +272,7 @@ def train_offline(args: argparse.Namespace) -> int:
             if (out / "checkpoint.safetensors").exists() or (out / "metrics.csv").exists():
                 raise ConfigError(f"{out} already holds a run (its checkpoint or metrics.csv); choose another --out")
             print(f"run folder: {out}")
-            summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress)
+            summary = train(cfg, episodes, out, args.updates, show_progress=not args.no_progress, init=args.init)
     except (ConfigError, EpisodeError, CheckpointError, run_lock.FolderInUse) as exc:
         print(f"omniloop train: error: {exc}", file=sys.stderr)
         return 2

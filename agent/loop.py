@@ -293,12 +293,13 @@ def sim_state(env) -> dict[str, np.ndarray] | None:
     return get_state() if callable(get_state) else None
 
 
-def start_from(brain: Brain, path: Path) -> None:
+def start_from(brain: Brain, path: Path, with_memory: bool = True) -> None:
     """Load a checkpoint's brain into a new run; one made for another model or body is refused by name.
-    The new run keeps its own seed and learning rates: only weights, optimizer moments and memory carry over."""
+    The new run keeps its own seed and learning rates: only weights, optimizer moments and (unless
+    not `with_memory`) memory carry over."""
     tensors, meta = load_checkpoint(path)
     try:
-        brain.load_state(tensors, meta, same_run=False)
+        brain.load_state(tensors, meta, same_run=False, with_memory=with_memory)
     except (RuntimeError, KeyError, ValueError) as exc:  # torch names the tensors whose shapes differ
         raise ConfigError(f"--init {path}: its brain does not fit this config and body: {str(exc)[:600]}") from None
 

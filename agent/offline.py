@@ -5,7 +5,9 @@ observation (frames stacked as the config stacks them), the action the body appl
 and the surprise measured at the time as the step's first priority. The learner then takes its
 steps on that memory: world model (latent consistency, reward, reconstruction), value and policy,
 exactly as online. The result is a run folder with a checkpoint that `omniloop sim --init` starts
-from, and the losses in metrics.csv.
+from, and the losses in metrics.csv. With `--init CHECKPOINT` the learner starts from that brain's
+weights and optimizer moments instead of fresh ones (more updates on a finished run's own episodes,
+say); the memory still holds exactly the episodes given.
 
 An episode file holds every observation the agent acted on, but not the one after its last action;
 that last transition of each episode is left out.
@@ -76,22 +78,26 @@ def fill_memory(brain: Brain, episodes: list[Episode], frame_stack: int) -> int:
     return added
 
 
-def train_offline(cfg: Config, episodes: list[Episode], out: Path, updates: int, show_progress: bool = True) -> dict:
+def train_offline(cfg: Config, episodes: list[Episode], out: Path, updates: int, show_progress: bool = True,
+                  init: Path | None = None) -> dict:
     """Fill a brain's memory with `episodes`, take `updates` learner steps, and write a run folder:
-    config.yaml, metrics.csv (the losses every 50 steps), health.png and checkpoint.safetensors."""
+    config.yaml, metrics.csv (the losses every 50 steps), health.png and checkpoint.safetensors.
+    `init`: a checkpoint whose weights and optimizer moments the learner starts from (not its memory)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from agent.checkpoint import save_checkpoint
-    from agent.loop import CHECKPOINT
+    from agent.loop import CHECKPOINT, start_from
     from agent.metrics import MetricsLog
     from agent.plots import plot_health
 
     spec = observation_spec(episodes, cfg.env.frame_stack)
     taken = next(s.action_taken for e in episodes for s in e.steps if s.action_taken is not None)
     action_dim = int(taken.shape[0])
+    brain = Brain(cfg, spec, action_dim)
+    if init is not None:  # before any file is written: a brain that does not fit leaves no run behind
+        start_from(brain, init, with_memory=False)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    brain = Brain(cfg, spec, action_dim)
     transitions = fill_memory(brain, episodes, cfg.env.frame_stack)
     metrics = MetricsLog(out / "metrics.csv")
     start = time.perf_counter()
@@ -113,7 +119,8 @@ def train_offline(cfg: Config, episodes: list[Episode], out: Path, updates: int,
             metrics.append(row)
             bar.update(task, completed=done, status=f"loss {row.get('train_loss', float('nan')):.3f}")
     tensors, meta = brain.state()
-    meta.update(env_step=0, episode=0, wall_s=time.perf_counter() - start, offline_updates=done)
+    meta.update(env_step=0, episode=0, wall_s=time.perf_counter() - start, offline_updates=done,
+                **({"init": str(init)} if init is not None else {}))
     save_checkpoint(out / CHECKPOINT, tensors, meta)
     plot_health(out / "metrics.csv", out / "health.png", x="update")
     return {"transitions": transitions, "updates": done, "episodes": len(episodes), "spec": spec,

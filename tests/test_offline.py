@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agent.cli import main
 from agent.episodes import EpisodeError, read_episode
@@ -100,3 +101,31 @@ def test_recorded_frames_are_stacked_again_as_the_env_stacked_them(tmp_path: Pat
     np.testing.assert_array_equal(brain.memory.obs["proprio"][start - 1], final.observation["proprio"])
     with pytest.raises(EpisodeError, match="empty: no such folder"):
         read_episodes(tmp_path / "empty")
+
+
+def test_train_init_goes_on_from_a_checkpoints_weights_on_the_episodes_given(tmp_path: Path, capsys) -> None:
+    from agent.checkpoint import load_checkpoint
+
+    run = recorded_run(tmp_path)
+    first = tmp_path / "first"
+    assert main(["train", "--episodes", str(run), "--updates", "20", "--out", str(first), "--no-progress", *SMALL]) == 0
+    more = tmp_path / "more"
+    # no --config and no model overrides: the config beside the checkpoint, so the small model, is used;
+    # at a learning rate of 0 every learned weight must stay the checkpoint's, not a fresh model's
+    assert main(["train", "--episodes", str(run), "--init", str(first / "checkpoint.safetensors"), "--updates", "10",
+                 "--out", str(more), "--no-progress", "learner.lr=0"]) == 0
+    capsys.readouterr()
+    before, _ = load_checkpoint(first / "checkpoint.safetensors")
+    after, meta = load_checkpoint(more / "checkpoint.safetensors")
+    learned = [k for k in before if k.startswith("model.") and ".target_q." not in k]
+    assert learned and all(torch.equal(before[k], after[k]) for k in learned)
+    assert meta["learner"]["updates"] == 30 and meta["init"] == str(first / "checkpoint.safetensors")
+    assert meta["memory"]["size"] == 52  # the episodes given, not the checkpoint's memory on top of them
+
+    assert main(["train", "--episodes", str(run), "--init", str(tmp_path / "none.safetensors"),
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "none.safetensors is not a file" in capsys.readouterr().err
+    misfit = tmp_path / "misfit"
+    assert main(["train", "--episodes", str(run), "--init", str(first / "checkpoint.safetensors"), "--out",
+                 str(misfit), "--no-progress", "worldmodel.latent_dim=32"]) == 2
+    assert "does not fit this config and body" in capsys.readouterr().err and not misfit.exists()
