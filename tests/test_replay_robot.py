@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from test_replay import STEPS, record_episode
@@ -37,14 +36,14 @@ def test_an_episode_replays_on_the_robot_from_its_start_pose_and_the_robot_goes_
 def test_ctrl_c_stops_the_replay_and_the_robot_goes_back_to_rest(server, tmp_path):
     srv = server("--driver", "sim")
     path = record_episode(tmp_path, seed=6)
-    # --ramp-s 2: the way to the start pose is long enough to be interrupted on
-    proc = subprocess.Popen(replay(path, srv.endpoint)[:-2] + ["--ramp-s", "2"], cwd=ROOT, stdout=subprocess.PIPE,
+    # the line is printed as the 3 s glide to the start pose begins: Ctrl-C at once lands inside it, with
+    # seconds to spare for a test process the scheduler holds back (a 0.5 s pause first once lost the race on CI)
+    proc = subprocess.Popen(replay(path, srv.endpoint)[:-2] + ["--ramp-s", "3"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert "moving to" in proc.stdout.readline()
-    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"stdout: {out}\nstderr: {err}"
     assert "stopped at step 0" in out and "returning to rest" in out and "back at rest" in out
 
 
