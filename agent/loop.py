@@ -295,8 +295,8 @@ def sim_state(env) -> dict[str, np.ndarray] | None:
 
 def start_from(brain: Brain, path: Path, with_memory: bool = True) -> None:
     """Load a checkpoint's brain into a new run; one made for another model or body is refused by name.
-    The new run keeps its own seed and learning rates: only weights, optimizer moments and (unless
-    not `with_memory`) memory carry over."""
+    The new run keeps its own seed and learning rates: only weights, optimizer moments and, if
+    `with_memory`, the memory carry over."""
     tensors, meta = load_checkpoint(path)
     try:
         brain.load_state(tensors, meta, same_run=False, with_memory=with_memory)
