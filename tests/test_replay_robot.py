@@ -36,10 +36,12 @@ def test_an_episode_replays_on_the_robot_from_its_start_pose_and_the_robot_goes_
 def test_ctrl_c_stops_the_replay_and_the_robot_goes_back_to_rest(server, tmp_path):
     srv = server("--driver", "sim")
     path = record_episode(tmp_path, seed=6)
-    # the line is printed as the 3 s glide to the start pose begins: Ctrl-C at once lands inside it, with
-    # seconds to spare for a test process the scheduler holds back (a 0.5 s pause first once lost the race on CI)
+    # the line is printed as the 3 s glide to the start pose begins: Ctrl-C at once lands inside it. The child
+    # gets SIGINT's default action, as a terminal's foreground process has: a suite started in the background
+    # (`cmd &`) ignores SIGINT, its children inherit that, and Python then raises no KeyboardInterrupt
     proc = subprocess.Popen(replay(path, srv.endpoint)[:-2] + ["--ramp-s", "3"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "moving to" in proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
