@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     stages, run_dir = args.stages, args.out
     rows = finished_stages(run_dir)
     done = rows[-1]["env_step"] if rows else 0
-    if any(s < done and s not in {r["env_step"] for r in rows} for s in stages):
-        raise SystemExit(f"{run_dir} has trained to {done} env steps: stages below that can no longer be "
-                         f"evaluated ({args.stages})")
+    # a sitting stopped inside a stage leaves the checkpoint past the last evaluated stage
+    trained = read_checkpoint_meta(run_dir / CHECKPOINT)["env_step"] if (run_dir / CHECKPOINT).exists() else 0
+    if any(s < max(done, trained) and s not in {r["env_step"] for r in rows} for s in stages):
+        raise SystemExit(f"{run_dir} has trained to {max(done, trained)} env steps: stages below that can no "
+                         f"longer be evaluated ({args.stages})")
     base = [*args.overrides, f"run.seed={args.seed}", f"run.out={run_dir}"]
     cfg = load_config(args.config, base)
     env = sim.make(cfg.env, seed=args.seed)

@@ -238,6 +238,10 @@ def test_learn_reach_goes_on_from_its_run_folder_where_it_stopped(tmp_path, caps
 
     with pytest.raises(SystemExit, match="can no longer be evaluated"):  # the model has moved past 30
         reach.main(["--stages", "30,60", "--eval-episodes", "1", "--out", str(out), *TINY])
+    # a sitting stopped inside a stage: results end at 20, the checkpoint is at 40, so 30 is refused too
+    (out / "results.csv").write_text("\n".join((out / "results.csv").read_text().splitlines()[:2]) + "\n")
+    with pytest.raises(SystemExit, match="has trained to 40 env steps"):
+        reach.main(["--stages", "20,30,60", "--eval-episodes", "1", "--out", str(out), *TINY])
     with pytest.raises(SystemExit):  # argparse's error, naming --stages
         reach.main(["--stages", "5k", "--out", str(out)])
     assert "--stages must be env step counts" in capsys.readouterr().err
