@@ -12,6 +12,13 @@ def test_defaults_and_the_shipped_default_yaml_load():
     assert cfg.env.name == "reach"
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in DEFAULT_CONFIG.parent.glob("*.yaml")))
+def test_every_shipped_config_loads_and_passes_validation(name):
+    # A shipped config that fails its own checks (say, learner.td_steps past learner.horizon) would
+    # only show when a user runs it.
+    assert isinstance(load_config(DEFAULT_CONFIG.parent / name), Config)
+
+
 def test_overrides_reach_any_field_and_keep_types():
     cfg = load_config(None, ["planner.horizon=5", "learner.lr=1e-3", "worldmodel.moe.dense=true", "run.out=x"])
     assert cfg.planner.horizon == 5
