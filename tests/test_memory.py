@@ -40,6 +40,14 @@ def test_surprising_steps_are_replayed_more_often():
     assert np.mean((batch["obs"]["proprio"][:, 0] == [1, 4]).all(-1)) < 0.1
 
 
+def test_every_open_sequence_can_be_drawn_the_newest_too():
+    # sampling weighs only the filled part of the ring: the sequence that ends at the newest step is in it
+    m = Memory(MemoryConfig(capacity=1000, alpha=0.0), SPEC, 1, horizon=3, seed=0)
+    fill(m, episodes=2, length=5)
+    _, starts = m.sample(2000)
+    assert set(starts.tolist()) == set(np.flatnonzero(m.priority).tolist()) == {0, 1, 2, 6, 7, 8}
+
+
 def test_the_ring_overwrites_old_sequences_cleanly():
     m = Memory(MemoryConfig(capacity=16), SPEC, 1, horizon=2, seed=0)
     fill(m, episodes=6, length=4)  # 30 entries through a ring of 16
