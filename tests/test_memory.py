@@ -40,8 +40,9 @@ def test_surprising_steps_are_replayed_more_often():
     assert np.mean((batch["obs"]["proprio"][:, 0] == [1, 4]).all(-1)) < 0.1
 
 
-def test_every_open_sequence_can_be_drawn_the_newest_too():
-    # sampling weighs only the filled part of the ring: the sequence that ends at the newest step is in it
+def test_every_open_sequence_and_no_other_can_be_drawn():
+    # alpha 0 (uniform) must still leave closed sequences undrawable (0 ** 0 is 1), and weighing only the
+    # filled part of the ring must keep the sequence that ends at the newest step
     m = Memory(MemoryConfig(capacity=1000, alpha=0.0), SPEC, 1, horizon=3, seed=0)
     fill(m, episodes=2, length=5)
     _, starts = m.sample(2000)
