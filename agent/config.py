@@ -121,6 +121,8 @@ def validate(cfg: Config) -> None:
          f"learner.td_steps must be in [1, learner.horizon={cfg.learner.horizon}], got {cfg.learner.td_steps}")
     need(cfg.learner.updates_per_step >= 0, f"learner.updates_per_step must be >= 0, got {cfg.learner.updates_per_step}")
     need(wm.num_q >= 2, f"worldmodel.num_q must be at least 2 (targets take the lower of 2 heads), got {wm.num_q}")
+    need(0 <= wm.value_heads <= wm.num_q,
+         f"worldmodel.value_heads must be in [0, worldmodel.num_q={wm.num_q}] (0: all heads), got {wm.value_heads}")
     need(cfg.learner.reconstruct_samples >= 1,
          f"learner.reconstruct_samples must be at least 1, got {cfg.learner.reconstruct_samples}")
     need(cfg.planner.horizon >= 1 and cfg.planner.iterations >= 1, "planner.horizon and planner.iterations must be >= 1")

@@ -96,6 +96,7 @@ def test_cuda_without_a_cuda_device_is_a_clear_error(capsys, tmp_path, monkeypat
     ("deliberation.promise_window=-1", "deliberation.promise_window"),
     ("deliberation.promise_tolerance=0", "deliberation.promise_tolerance"),
     ("worldmodel.num_q=1", "worldmodel.num_q"),
+    ("worldmodel.value_heads=6", "worldmodel.value_heads"),
     ("run.warmup_updates=-1", "run.warmup_updates"),
     ("learner.reconstruct_samples=0", "learner.reconstruct_samples"),
     ("planner.temperature=0", "planner.temperature"),

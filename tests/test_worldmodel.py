@@ -171,6 +171,56 @@ def test_a_capacity_no_expert_reaches_gives_the_same_output_and_gradients():
     assert fixed.stats.dropped == 0.0
 
 
+def test_experts_nobody_chose_get_no_rows_and_the_layer_is_unchanged():
+    """A planner's candidates share one start state and route alike: only the experts chosen at all
+    get rows in the buffer. The output and gradients stay those of the explicit sum over the k
+    chosen experts, and an expert nobody chose gets a zero gradient."""
+    torch.manual_seed(3)
+    moe = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    x = torch.randn(1, 8).expand(30, 8) + 0.01 * torch.randn(30, 8)  # 30 near-copies of one token
+    probs = torch.softmax(moe.router(x), -1)
+    gate, chosen = probs.topk(2, -1)
+    assert len(set(chosen.flatten().tolist())) == 2  # two experts take every slot, two are idle
+    gate = gate / gate.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for t in range(30):
+        for slot in range(2):
+            e = int(chosen[t, slot])
+            h = torch.nn.functional.silu(x[t] @ moe.w1[e] + moe.b1[e])
+            expected[t] = expected[t] + gate[t, slot] * (h @ moe.w2[e] + moe.b2[e])
+    out = moe(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [moe.w1, moe.w2, moe.router.weight])
+    want = torch.autograd.grad(expected.square().sum(), [moe.w1, moe.w2, moe.router.weight])
+    for g, w in zip(grads, want):
+        assert torch.allclose(g, w, atol=1e-5)
+    idle = sorted(set(range(4)) - set(chosen.flatten().tolist()))
+    assert grads[0][idle].abs().max() == 0 and grads[1][idle].abs().max() == 0
+    assert moe.stats.load[idle].sum() == 0 and moe.stats.load.sum().item() == pytest.approx(1.0)
+
+
+def test_a_value_of_two_heads_is_the_mean_of_two_heads_drawn_afresh():
+    """value_heads=2 (TD-MPC2's planning and policy objective): each call averages 2 of the num_q
+    heads, a different pair from call to call; value_heads=0 averages them all."""
+    torch.manual_seed(0)
+    model = WorldModel({"proprio": (6,)}, action_dim=2, cfg=small_config())
+    for p in model.q_heads.parameters():
+        p.data.normal_(0, 0.3)
+    z, a = torch.randn(4, 32).softmax(-1), torch.rand(4, 2) * 2 - 1
+    with torch.no_grad():
+        q = model.q(z, a)  # (num_q, 4)
+        assert torch.allclose(model.value(z, a), q.mean(0))
+        model.cfg.value_heads = 2
+        pairs = {(i, j): (q[i] + q[j]) / 2 for i in range(len(q)) for j in range(i + 1, len(q))}
+        seen = set()
+        for _ in range(40):
+            v = model.value(z, a)
+            match = [pair for pair, mean in pairs.items() if torch.allclose(v, mean, rtol=1e-5, atol=1e-6)]
+            assert len(match) == 1
+            seen.add(match[0])
+    assert len(seen) > 3
+
+
 def test_top_1_routing_keeps_a_gradient_for_the_router():
     torch.manual_seed(0)
     moe = MoE(8, MoEConfig(num_experts=4, top_k=1, expert_hidden=8))

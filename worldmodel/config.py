@@ -36,6 +36,7 @@ class WorldModelConfig:
     dynamics_layers: int = 2  # MoE residual blocks in (z, a) -> z'
     head_hidden: int = 128  # reward, value and policy MLPs
     num_q: int = 5  # Q ensemble size
+    value_heads: int = 0  # Q heads a value averages, drawn afresh per call (TD-MPC2: 2); 0: all num_q
     twohot: bool = True  # reward and Q as two-hot distributions (TD-MPC2); false: scalars with squared error
     bins: int = 101  # reward and Q are two-hot distributions over this many points ...
     symlog_min: float = -10.0  # ... spread evenly over [symlog_min, symlog_max] in symlog space

@@ -188,7 +188,7 @@ class Learner:
         model = self.model
         model.q_heads.requires_grad_(False)  # the policy moves toward high Q; Q itself stays put
         action, entropy = model.policy_sample(z)
-        q = model.q(z, action).mean(0)
+        q = model.value(z, action)
         model.q_heads.requires_grad_(True)
         scale = float(q.detach().abs().mean())
         if not math.isfinite(scale):

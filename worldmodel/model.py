@@ -270,8 +270,12 @@ class WorldModel(nn.Module):
         return (out.squeeze(-1) - target).pow(2)
 
     def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(B, Z), (B, A) -> the ensemble's mean Q (B,)."""
-        return self.q(z, a).mean(0)
+        """(B, Z), (B, A) -> the mean Q (B,) of `value_heads` heads drawn at random, or of all of them.
+        TD-MPC2 closes its planner's returns and sets its policy's objective with 2 such heads; a
+        call costs value_heads / num_q of the whole ensemble's, and the draw changes with each call."""
+        n = self.cfg.value_heads
+        heads = torch.randperm(self.cfg.num_q)[:n] if 0 < n < self.cfg.num_q else None
+        return self.q(z, a, heads=heads).mean(0)
 
     def uncertainty(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(B, Z), (B, A) -> disagreement of the Q ensemble, std / (|mean| + 1) (B,)."""

@@ -4,11 +4,12 @@ Tokens arrive flat, (N, d). A linear router scores every expert; each token goes
 experts, and their outputs are summed with the router weights, renormalized over the k (for k > 1).
 Only the chosen experts run: tokens are laid out per expert in one padded buffer, pushed through all
 experts by two batched matmuls, and scattered back with `index_add_`. No Python loop over experts.
-By default the buffer is padded to the busiest expert's load, so the work is E x that load: about N*k
-when the router is balanced (the balance loss keeps it so), up to E/k times more if routing
-collapses. A `capacity_factor` fixes the buffer at cf * N*k/E rows per expert instead and drops the
-overflow: the work is then bounded, and the layer never reads a count back to the host, which on a
-GPU is what an MoE call spends most of its time waiting for.
+By default the buffer holds a row block per expert chosen at least once, each padded to the busiest
+expert's load: the work is about N*k when the router is balanced (the balance loss keeps it so) or
+when all tokens go to the same k experts (a planner's candidates, which share one start state), up
+to E/k times more in between. A `capacity_factor` fixes the buffer at cf * N*k/E rows per expert
+instead and drops the overflow: the work is then bounded, and the layer never reads a count back to
+the host, which on a GPU is what an MoE call spends most of its time waiting for.
 
 Balance: the Switch Transformer loss E * sum_e f_e * P_e, where f_e is the share of routed slots that
 go to expert e and P_e the mean router probability of e. It is smallest when both are uniform.
@@ -75,6 +76,8 @@ class MoE(nn.Module):
         counts = torch.bincount(flat_expert, minlength=e)  # (E,)
         first = torch.cumsum(counts, 0) - counts  # where each expert's run starts in the sorted slots
         rank = torch.arange(n * k, device=x.device) - first.index_select(0, sorted_expert)
+        w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+        groups = e  # experts that get rows in the buffer
         if self.cfg.capacity_factor > 0:
             # A fixed buffer: its size never depends on the routing, so nothing is read back to the
             # host (on a GPU that sync costs more than the experts). Overflow slots drop to a spare row.
@@ -84,12 +87,20 @@ class MoE(nn.Module):
         else:  # the buffer fits the busiest expert, so no slot ever drops
             c = int(counts.max())
             kept = None
-            row = sorted_expert * c + rank  # each slot's row in the (E * C) buffer
+            used = counts > 0
+            if not bool(used.all()):
+                # Experts nobody chose get no rows: a planner's candidates share one start state and
+                # mostly route alike, so padding all E to the busiest load would double the work.
+                sorted_expert = (used.cumsum(0) - 1).index_select(0, sorted_expert)
+                chosen = used.nonzero().squeeze(1)
+                w1, b1, w2, b2 = (w.index_select(0, chosen) for w in (w1, b1, w2, b2))
+                groups = len(chosen)
+            row = sorted_expert * c + rank  # each slot's row in the (groups * C) buffer
         token = order // k
 
-        buf = x.new_zeros(e * c + 1, shape[-1]).index_copy_(0, row, x.index_select(0, token))
-        h = F.silu(torch.baddbmm(self.b1[:, None], buf[:-1].view(e, c, shape[-1]), self.w1))
-        y = torch.baddbmm(self.b2[:, None], h, self.w2).view(e * c, shape[-1])
+        buf = x.new_zeros(groups * c + 1, shape[-1]).index_copy_(0, row, x.index_select(0, token))
+        h = F.silu(torch.baddbmm(b1[:, None], buf[:-1].view(groups, c, shape[-1]), w1))
+        y = torch.baddbmm(b2[:, None], h, w2).view(groups * c, shape[-1])
         slot_gate = gate.reshape(-1).index_select(0, order)
         if kept is not None:
             slot_gate = slot_gate * kept
