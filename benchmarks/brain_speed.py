@@ -8,9 +8,13 @@ its state vector, --pixels K for K stacked 64x64 frames.
     python benchmarks/brain_speed.py --config configs/dmc.yaml --state 6    # reacher-easy from state
     python benchmarks/brain_speed.py --config configs/dmc.yaml --pixels 3   # ... from 3 stacked frames
     python benchmarks/brain_speed.py planner.samples=512                    # any override
+    python benchmarks/brain_speed.py --config configs/dmc.yaml --state 5 --versus worldmodel.value_heads=2
 
 Prints, per device and model: ms per plan (MPPI at the configured search size), ms per learner
-update, and the env steps per second of the whole brain at one plan and one update per step. First,
+update, and the env steps per second of the whole brain at one plan and one update per step.
+`--versus KEY=VALUE` adds the MoE model with that override (repeatable) beside the others. The
+brains take turns, a few calls each, until each has its repeats: a VM whose speed drifts from one
+minute to the next then slows them all alike, and their ratios hold where their times do not. First,
 the CPU's own measured limits for the kinds of work a step is made of (a large matmul, the matmul of
 one 256-candidate layer, an elementwise SiLU over it), so that numbers from two machines of the same
 nominal size can be told apart: the same code ran at twice the speed on one 2-core VM as on another.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -56,15 +61,24 @@ def synthetic_brain(config, overrides: list[str], spec: dict, device: str, steps
 
 def timed(fn, repeats: int) -> float:
     """Median milliseconds of `fn` over `repeats` calls, after two warm-up calls."""
-    fn(), fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        samples.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(samples)
+    return taking_turns({"": fn}, repeats)[""]
+
+
+def taking_turns(fns: dict[str, Callable[[], object]], repeats: int, turn: int = 5) -> dict[str, float]:
+    """Median milliseconds of each function over `repeats` calls, after two warm-up calls each; the
+    functions take turns of `turn` calls, so a drift in the machine's speed reaches all of them."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn(), fn()
+    for done in range(0, repeats, turn):
+        for name, fn in fns.items():
+            for _ in range(min(turn, repeats - done)):
+                start = time.perf_counter()
+                fn()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                samples[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def machine_limits(repeats: int = 200) -> dict[str, float]:
@@ -84,6 +98,8 @@ def main() -> None:
     observed = parser.add_mutually_exclusive_group()
     observed.add_argument("--state", type=int, metavar="N", help="observe only an N-dim state vector (dm_control)")
     observed.add_argument("--pixels", type=int, metavar="K", help="observe only K stacked 64x64 RGB frames")
+    parser.add_argument("--versus", action="append", default=[], metavar="KEY=VALUE",
+                        help="also time the MoE model with this override, taking turns with the others")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     for flag in ("state", "pixels"):
@@ -98,20 +114,25 @@ def main() -> None:
     print(f"this CPU ({torch.get_num_threads()} threads): 1024x1024 matmul {limits['matmul_gflops']:.0f} GFLOP/s, "
           f"one 256x128x128 layer {limits['layer_us']:.0f} µs, SiLU over 256x128 {limits['silu_us']:.0f} µs")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    variants = {"MoE": ["worldmodel.moe.dense=false"], "dense twin": ["worldmodel.moe.dense=true"]}
+    variants.update({f"MoE, {override}": ["worldmodel.moe.dense=false", override] for override in args.versus})
     rows = []
     for device in devices:
-        for model in ("MoE", "dense twin"):
-            overrides = [*args.overrides, f"worldmodel.moe.dense={model != 'MoE'}"]
-            brain = synthetic_brain(args.config, overrides, spec, device)
+        plans, updates = {}, {}
+        for model, extra in variants.items():
+            brain = synthetic_brain(args.config, [*args.overrides, *extra], spec, device)
             z = brain.encode({k: brain.memory.obs[k][0] for k in spec})
             brain.deliberation.cfg.fast_path = False  # time the search itself
             brain.deliberation.cfg.deadline_s = 1e9
-            plan_ms = timed(lambda: brain.act(z, explore=True), args.repeats)
-            update_ms = timed(lambda: brain.learn(1), args.repeats)
-            rows.append((device, model, plan_ms, update_ms, 1e3 / (plan_ms + update_ms)))
-            name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
-            print(f"{device} ({name}), {model}: plan {plan_ms:.1f} ms, update {update_ms:.1f} ms, "
-                  f"{1e3 / (plan_ms + update_ms):.1f} brain steps/s")
+            plans[model] = lambda brain=brain, z=z: brain.act(z, explore=True)
+            updates[model] = lambda brain=brain: brain.learn(1)
+        plan_ms, update_ms = taking_turns(plans, args.repeats), taking_turns(updates, args.repeats)
+        name = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+        for model in variants:
+            rate = 1e3 / (plan_ms[model] + update_ms[model])
+            rows.append((device, model, plan_ms[model], update_ms[model], rate))
+            print(f"{device} ({name}), {model}: plan {plan_ms[model]:.1f} ms, update {update_ms[model]:.1f} ms, "
+                  f"{rate:.1f} brain steps/s")
     print("\n| device | world model | plan ms | update ms | brain steps/s | vs cpu MoE |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for device, model, plan_ms, update_ms, rate in rows:

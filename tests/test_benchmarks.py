@@ -196,16 +196,26 @@ def test_offline_pretrain_benchmark_runs_source_offline_and_both_online_runs(tmp
     assert len(pretrained) == 2
 
 
-def test_brain_speed_measures_the_machine_then_both_world_models(monkeypatch, capsys):
+def test_brain_speed_measures_the_machine_then_both_world_models_and_a_variant(monkeypatch, capsys):
     brain_speed = load("brain_speed")
     tiny = [o for o in TINY if not o.startswith(("env.", "run."))]
     monkeypatch.setattr(sys, "argv", ["brain_speed.py", "--repeats", "2", "--config", str(ROOT / "configs/dmc.yaml"),
-                                      "--state", "6", *tiny])
+                                      "--state", "6", "--versus", "worldmodel.value_heads=2", *tiny])
     brain_speed.main()
     out = capsys.readouterr().out
     limits = out.splitlines()[0]
     assert limits.startswith("this CPU") and "GFLOP/s" in limits
     assert "| cpu | MoE |" in out and "| cpu | dense twin |" in out
+    assert "| cpu | MoE, worldmodel.value_heads=2 |" in out
+
+
+def test_taking_turns_times_each_function_its_repeats_in_turns():
+    brain_speed = load("brain_speed")
+    calls: list[str] = []
+    times = brain_speed.taking_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 7, turn=3)
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    # two warm-up calls each, then turns of 3, 3 and the last 1
+    assert "".join(calls) == "aabb" + "aaabbb" * 2 + "ab"
 
 
 def test_bridge_benchmark_reads_a_process_cpu_time_from_proc_as_the_process_itself_counts_it(monkeypatch):

@@ -171,12 +171,22 @@ def test_a_capacity_no_expert_reaches_gives_the_same_output_and_gradients():
     assert fixed.stats.dropped == 0.0
 
 
-def test_experts_nobody_chose_get_no_rows_and_the_layer_is_unchanged():
-    """A planner's candidates share one start state and route alike: only the experts chosen at all
-    get rows in the buffer. The output and gradients stay those of the explicit sum over the k
-    chosen experts, and an expert nobody chose gets a zero gradient."""
+@pytest.mark.parametrize("grouped", [True, False])
+def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeypatch):
+    """A planner's candidates share one start state and route alike: on the CPU the grouped matmul
+    takes such slots as they are, elsewhere the padded buffer does. Either way the output and
+    gradients are those of the explicit sum over the k chosen experts, and an expert nobody chose
+    gets a zero gradient."""
+    import worldmodel.moe as moe_module
+
+    calls = []
+    grouped_mm = torch.nn.functional.grouped_mm
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or grouped_mm(*a, **kw))
+    monkeypatch.setattr(moe_module, "GROUPED_MM", grouped)
     torch.manual_seed(3)
     moe = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    for bias in (moe.b1, moe.b2):  # they start at 0, where a bias from the wrong expert would not show
+        bias.data.normal_()
     x = torch.randn(1, 8).expand(30, 8) + 0.01 * torch.randn(30, 8)  # 30 near-copies of one token
     probs = torch.softmax(moe.router(x), -1)
     gate, chosen = probs.topk(2, -1)
@@ -197,6 +207,16 @@ def test_experts_nobody_chose_get_no_rows_and_the_layer_is_unchanged():
     idle = sorted(set(range(4)) - set(chosen.flatten().tolist()))
     assert grads[0][idle].abs().max() == 0 and grads[1][idle].abs().max() == 0
     assert moe.stats.load[idle].sum() == 0 and moe.stats.load.sum().item() == pytest.approx(1.0)
+    assert bool(calls) == grouped  # two of four experts take every slot: past the padded buffer's limit
+
+
+def test_a_balanced_batch_keeps_the_padded_buffer(monkeypatch):
+    # on a 2-core CPU the grouped matmul is slower than a buffer that pads little
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: pytest.fail("grouped matmul ran"))
+    torch.manual_seed(0)
+    moe = MoE(16, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    moe(torch.randn(500, 16))
+    assert float(moe.stats.load.max() * 4) < 1.5
 
 
 def test_a_value_of_two_heads_is_the_mean_of_two_heads_drawn_afresh():

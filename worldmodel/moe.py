@@ -2,14 +2,17 @@
 
 Tokens arrive flat, (N, d). A linear router scores every expert; each token goes to its top-k
 experts, and their outputs are summed with the router weights, renormalized over the k (for k > 1).
-Only the chosen experts run: tokens are laid out per expert in one padded buffer, pushed through all
-experts by two batched matmuls, and scattered back with `index_add_`. No Python loop over experts.
-By default the buffer holds a row block per expert chosen at least once, each padded to the busiest
-expert's load: the work is about N*k when the router is balanced (the balance loss keeps it so) or
-when all tokens go to the same k experts (a planner's candidates, which share one start state), up
-to E/k times more in between. A `capacity_factor` fixes the buffer at cf * N*k/E rows per expert
-instead and drops the overflow: the work is then bounded, and the layer never reads a count back to
-the host, which on a GPU is what an MoE call spends most of its time waiting for.
+Only the chosen experts run, and no Python loop goes over them: the routed slots are sorted by
+expert, so each expert's slots form one run of rows, and the outputs are scattered back with
+`index_add_`. The runs go through the experts in one of two ways. By default they are laid out in
+one buffer, each expert's block padded to the busiest expert's load, for two batched matmuls: about
+N*k rows' work when the router is balanced (the balance loss keeps a training batch so). A plan's
+256 candidates share one start state and mostly route alike, so their buffer can be up to E/k times
+larger than N*k; past PADDED_LIMIT times, on the CPU, torch's grouped matmul takes the runs as they
+are instead, each expert doing exactly its own slots' work (it is slower than a balanced buffer, and
+on a GPU it wants bfloat16). A `capacity_factor` fixes the buffer at cf * N*k/E rows per expert and
+drops the overflow: the work is then bounded, and the layer never reads a count back to the host,
+which on a GPU is what an MoE call spends most of its time waiting for.
 
 Balance: the Switch Transformer loss E * sum_e f_e * P_e, where f_e is the share of routed slots that
 go to expert e and P_e the mean router probability of e. It is smallest when both are uniform.
@@ -68,54 +71,75 @@ class MoE(nn.Module):
         if k > 1:  # with k = 1 a renormalized gate is always 1 and the router would learn nothing (Switch)
             gate = gate / gate.sum(-1, keepdim=True)
 
-        # Dispatch without a Python loop over experts: sort the N*k routed slots by expert, give each
-        # its rank within its expert, and lay them out in an (E, C, d) buffer that two batched
-        # matmuls run through. C is the busiest expert's load, or the fixed capacity.
+        # Dispatch without a Python loop over experts: sort the N*k routed slots by expert, so that each
+        # expert's slots are one run of rows, and push the runs through the experts' matmuls at once.
         flat_expert = expert.reshape(-1)  # (N*k,) slot -> expert
         sorted_expert, order = flat_expert.sort(stable=True)
         counts = torch.bincount(flat_expert, minlength=e)  # (E,)
-        first = torch.cumsum(counts, 0) - counts  # where each expert's run starts in the sorted slots
-        rank = torch.arange(n * k, device=x.device) - first.index_select(0, sorted_expert)
-        w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
-        groups = e  # experts that get rows in the buffer
-        if self.cfg.capacity_factor > 0:
-            # A fixed buffer: its size never depends on the routing, so nothing is read back to the
-            # host (on a GPU that sync costs more than the experts). Overflow slots drop to a spare row.
-            c = math.ceil(self.cfg.capacity_factor * n * k / e)
-            kept = rank < c
-            row = torch.where(kept, sorted_expert * c + rank, e * c)
-        else:  # the buffer fits the busiest expert, so no slot ever drops
-            c = int(counts.max())
-            kept = None
-            used = counts > 0
-            if not bool(used.all()):
-                # Experts nobody chose get no rows: a planner's candidates share one start state and
-                # mostly route alike, so padding all E to the busiest load would double the work.
-                sorted_expert = (used.cumsum(0) - 1).index_select(0, sorted_expert)
-                chosen = used.nonzero().squeeze(1)
-                w1, b1, w2, b2 = (w.index_select(0, chosen) for w in (w1, b1, w2, b2))
-                groups = len(chosen)
-            row = sorted_expert * c + rank  # each slot's row in the (groups * C) buffer
-        token = order // k
-
-        buf = x.new_zeros(groups * c + 1, shape[-1]).index_copy_(0, row, x.index_select(0, token))
-        h = F.silu(torch.baddbmm(b1[:, None], buf[:-1].view(groups, c, shape[-1]), w1))
-        y = torch.baddbmm(b2[:, None], h, w2).view(groups * c, shape[-1])
+        token = order // k  # the token of each sorted slot
         slot_gate = gate.reshape(-1).index_select(0, order)
-        if kept is not None:
-            slot_gate = slot_gate * kept
-            y = torch.cat([y, y.new_zeros(1, shape[-1])])  # the spare row's output, weighted 0
-        weighted = y.index_select(0, row) * slot_gate[:, None]
-        out = torch.zeros_like(x).index_add_(0, token, weighted)
+        if self.cfg.capacity_factor > 0:
+            c = math.ceil(self.cfg.capacity_factor * n * k / e)
+        else:
+            c = int(counts.max())  # the busiest expert's load, read back to the host
+        if self.cfg.capacity_factor <= 0 and e * c > PADDED_LIMIT * n * k and grouped_mm_runs_on(x):
+            y, dropped = self._grouped(x.index_select(0, token), sorted_expert, counts), 0
+        else:
+            y, slot_gate, dropped = self._padded(x, token, sorted_expert, counts, slot_gate, c)
+        out = torch.zeros_like(x).index_add_(0, token, y * slot_gate[:, None])
 
         if torch.is_grad_enabled():  # statistics are for training and its logs, not for planning
-            dropped = int((counts - c).clamp_min(0).sum())  # a host sync, in training only
             load = counts.float() / max(1, n * k)
             balance = e * (load * probs.mean(0)).sum()
             entropy = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
-            self.stats = RouterStats(load, float(entropy.detach()), dropped / max(1, n * k), balance)
+            self.stats = RouterStats(load, float(entropy.detach()), int(dropped) / max(1, n * k), balance)
             self.balance_terms.append(balance)  # the dynamics call a layer once per rollout step
         return out.reshape(shape)
+
+    def _grouped(self, xs: torch.Tensor, sorted_expert: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Slots sorted by expert (N*k, d) -> each slot's expert output (N*k, d): one grouped matmul per
+        layer over the runs as they are, so an expert does exactly its own slots' work."""
+        offs = counts.cumsum(0).to(torch.int32)  # where each expert's run ends
+        h = F.silu(F.grouped_mm(xs, self.w1, offs=offs) + self.b1.index_select(0, sorted_expert))
+        return F.grouped_mm(h, self.w2, offs=offs) + self.b2.index_select(0, sorted_expert)
+
+    def _padded(self, x: torch.Tensor, token: torch.Tensor, sorted_expert: torch.Tensor, counts: torch.Tensor,
+                slot_gate: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
+        """The slots laid out in an (E, c, d) buffer for two batched matmuls, c the busiest expert's
+        load or the fixed capacity. Returns each slot's output, its gate (0 if dropped) and the count
+        of dropped slots."""
+        e, d = self.cfg.num_experts, x.shape[-1]
+        first = torch.cumsum(counts, 0) - counts  # where each expert's run starts in the sorted slots
+        rank = torch.arange(len(token), device=x.device) - first.index_select(0, sorted_expert)
+        if self.cfg.capacity_factor > 0:
+            # A fixed buffer: its size never depends on the routing, so nothing is read back to the
+            # host (on a GPU that sync costs more than the experts). Overflow slots go to a spare row.
+            kept = rank < c
+            row = torch.where(kept, sorted_expert * c + rank, e * c)
+            slot_gate = slot_gate * kept
+            dropped = (counts - c).clamp_min(0).sum()
+        else:  # the buffer fits the busiest expert, so no slot ever drops
+            row = sorted_expert * c + rank
+            dropped = 0
+        buf = x.new_zeros(e * c + 1, d).index_copy_(0, row, x.index_select(0, token))
+        h = F.silu(torch.baddbmm(self.b1[:, None], buf[:-1].view(e, c, d), self.w1))
+        y = torch.baddbmm(self.b2[:, None], h, self.w2).view(e * c, d)
+        if self.cfg.capacity_factor > 0:
+            y = torch.cat([y, y.new_zeros(1, d)])  # the spare row's output, weighted 0
+        return y.index_select(0, row), slot_gate, dropped
+
+
+def grouped_mm_runs_on(x: torch.Tensor) -> bool:
+    """Whether torch's grouped matmul serves this float32 tensor: on the CPU where this torch has one
+    (2.13 has); on a GPU it wants bfloat16, so a float32 model there keeps the padded buffer."""
+    return GROUPED_MM and x.device.type == "cpu"
+
+
+GROUPED_MM = hasattr(F, "grouped_mm")
+# Above this many buffer rows per routed slot, the grouped matmul is faster than the padded buffer.
+# On a 2-core CPU (128-wide experts, 256 to 1536 slots) it costs 1.0 to 1.3x a balanced buffer
+# (forward; 1.3x forward and backward), and 0.6 to 0.75x the buffer of a plan's lopsided routing.
+PADDED_LIMIT = 1.5
 
 
 class DenseFFN(nn.Module):
