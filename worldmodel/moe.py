@@ -137,8 +137,8 @@ def grouped_mm_runs_on(x: torch.Tensor) -> bool:
 
 GROUPED_MM = hasattr(F, "grouped_mm")
 # Above this many buffer rows per routed slot, the grouped matmul is faster than the padded buffer.
-# On a 2-core CPU (128-wide experts, 256 to 1536 slots) it costs 1.0 to 1.3x a balanced buffer
-# (forward; 1.3x forward and backward), and 0.6 to 0.75x the buffer of a plan's lopsided routing.
+# On a 2-core CPU (256 and 768 tokens, top-2 of 4 experts 128 wide) it costs 0.97 to 1.14x a
+# balanced buffer's forward (1.14 to 1.32x forward and backward) and 0.62 to 0.79x a lopsided one's.
 PADDED_LIMIT = 1.5
 
 
