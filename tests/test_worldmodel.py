@@ -179,9 +179,12 @@ def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeyp
     gets a zero gradient."""
     import worldmodel.moe as moe_module
 
+    grouped_mm = getattr(torch.nn.functional, "grouped_mm", None)
+    if grouped and grouped_mm is None:
+        pytest.skip("this torch has no grouped matmul: the layer keeps the padded buffer, tested below")
     calls = []
-    grouped_mm = torch.nn.functional.grouped_mm
-    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or grouped_mm(*a, **kw))
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or grouped_mm(*a, **kw),
+                        raising=False)
     monkeypatch.setattr(moe_module, "GROUPED_MM", grouped)
     torch.manual_seed(3)
     moe = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
@@ -212,7 +215,8 @@ def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeyp
 
 def test_a_balanced_batch_keeps_the_padded_buffer(monkeypatch):
     # on a 2-core CPU the grouped matmul is slower than a buffer that pads little
-    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: pytest.fail("grouped matmul ran"))
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: pytest.fail("grouped matmul ran"),
+                        raising=False)
     torch.manual_seed(0)
     moe = MoE(16, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
     moe(torch.randn(500, 16))
