@@ -112,7 +112,10 @@ class Deliberation:
         """z0 (Z,) -> action (A,) and its trace."""
         start = time.perf_counter()
         prior = model.policy(z0[None], deterministic=True)
-        value = float(model.value(z0[None], prior)[0]) if self.promise or self.cfg.fast_path else float("nan")
+        # every head: a promise is judged by a value read steps later, and a random pair of heads
+        # for each would add their disagreement to the shortfall
+        value = (float(model.value(z0[None], prior, every_head=True)[0]) if self.promise or self.cfg.fast_path
+                 else float("nan"))
         unsure = float(model.uncertainty(z0[None], prior)[0])
         mean_u = self.uncertainty_mean if self.uncertainty_mean is not None else unsure
         self.uncertainty_mean = self._ema(self.uncertainty_mean, unsure)

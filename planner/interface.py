@@ -22,8 +22,10 @@ class LatentModel(Protocol):
         """(B, Z), (B, A) -> reward (B,)."""
         ...
 
-    def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(B, Z), (B, A) -> value of taking a in z and acting well after (B,)."""
+    def value(self, z: torch.Tensor, a: torch.Tensor, every_head: bool = False) -> torch.Tensor:
+        """(B, Z), (B, A) -> value of taking a in z and acting well after (B,). It may be a cheap,
+        noisy estimate that differs from call to call (a random subset of an ensemble); with
+        `every_head`, the same answer each call, for values read at different times to compare."""
         ...
 
     def policy(self, z: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

@@ -63,6 +63,10 @@ class MPPI:
             z = model.step(z, actions[:, t])
         return ret + self.cfg.discount**horizon * model.value(z, model.policy(z))
 
+    def score(self, model: LatentModel, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """`imagine`, with a candidate whose return is not a number (a NaN in the state) ranked last."""
+        return self.imagine(model, z0, actions).nan_to_num(nan=-1e9, posinf=1e9, neginf=-1e9)
+
     @torch.no_grad()
     def policy_rollouts(self, model: LatentModel, z0: torch.Tensor, n: int) -> torch.Tensor:
         """n action sequences (n, H, A) from running the policy prior in imagination."""
@@ -94,19 +98,18 @@ class MPPI:
         if self.mean is not None:
             mean[:-1] = self.mean[1:]
         std = torch.full((horizon, a_dim), cfg.max_std, device=dev)
-        best_ret, best_plan = -float("inf"), mean.clone()
+        best_ret, bests = -float("inf"), []  # each round's best candidate, for the final choice
         done = 0
         for _ in range(iterations):
             noise = torch.randn(n_rand, horizon, a_dim, device=dev, generator=self.gen)
             actions = (mean + std * noise).clamp(-1, 1)
             if pi_actions is not None:
                 actions = torch.cat([pi_actions, actions], 0)
-            # a candidate whose return is not a number (a NaN in the state) ranks last, not first
-            returns = self.imagine(model, z0, actions).nan_to_num(nan=-1e9, posinf=1e9, neginf=-1e9)
+            returns = self.score(model, z0, actions)
             elite_ret, idx = returns.topk(cfg.elites)
             elites = actions[idx]
-            if float(elite_ret[0]) > best_ret:
-                best_ret, best_plan = float(elite_ret[0]), elites[0].clone()
+            best_ret = max(best_ret, float(elite_ret[0]))
+            bests.append(elites[0])
             w = torch.softmax((elite_ret - elite_ret.max()) / cfg.temperature, 0)[:, None, None]
             mean = (w * elites).sum(0)
             std = ((w * (elites - mean) ** 2).sum(0)).sqrt().clamp(cfg.min_std, cfg.max_std)
@@ -115,8 +118,12 @@ class MPPI:
             if deadline_s is not None and elapsed * (done + 1) / done > deadline_s:
                 break  # another iteration, as long as the ones so far, would end past the deadline
 
-        # Commit to the refined mean unless a single sample beat it clearly; both are warm starts.
-        plan = mean if float(self.imagine(model, z0, mean[None])[0]) >= best_ret - 1e-6 else best_plan
+        # Commit to the refined mean unless a round's best single sample beats it; either is a warm
+        # start. They are scored again, together: a value read from a random pair of Q heads differs
+        # from call to call, so scores from different rounds do not compare.
+        final = self.score(model, z0, torch.stack([mean, *bests]))
+        top = int(final.argmax())
+        plan = mean if float(final[0]) >= float(final[top]) - 1e-6 else bests[top - 1]
         self.mean = plan
         action = plan[0]
         if explore > 0:

@@ -23,7 +23,7 @@ class PointMass:
     def reward(self, z, a):
         return -((self.step(z, a) - self.goal) ** 2).sum(-1)
 
-    def value(self, z, a):
+    def value(self, z, a, every_head=False):
         return self.reward(z, a) / (1 - 0.9)
 
     def policy(self, z, deterministic=False):
@@ -56,6 +56,28 @@ def test_mppi_ranks_candidates_whose_return_is_not_a_number_last():
 
     action, trace = planner().plan(Broken([-0.05, 0.0]), torch.zeros(2))
     assert torch.isfinite(action).all() and action[0] <= 0 and trace.best_return > -0.01
+
+
+class ShiftingValue(PointMass):
+    """PointMass whose value moves by an offset drawn afresh for each call, the same for every
+    candidate in it: what a random pair of Q heads (worldmodel.value_heads=2) does to the value."""
+
+    def __init__(self, goal, spread=5.0):
+        super().__init__(goal)
+        self.spread, self.gen = spread, torch.Generator().manual_seed(1)
+
+    def value(self, z, a, every_head=False):
+        shift = 0.0 if every_head else self.spread * float(torch.rand((), generator=self.gen))
+        return super().value(z, a) + shift
+
+
+@pytest.mark.parametrize("goal", [[0.05, -0.03], [-0.08, 0.02], [0.2, 0.2]])
+def test_mppi_commits_as_it_would_if_its_value_did_not_shift_between_calls(goal):
+    """Scores from different calls do not compare when the value shifts between calls: the final
+    choice between the refined mean and each round's best sample scores them in one call."""
+    steady, _ = planner().plan(PointMass(goal), torch.zeros(2))
+    shifting, _ = planner().plan(ShiftingValue(goal), torch.zeros(2))
+    assert torch.allclose(steady, shifting, atol=1e-4), (steady, shifting)
 
 
 def test_mppi_warm_start_shifts_the_last_plan():
@@ -191,7 +213,7 @@ class Plateau(PointMass):
     def reward(self, z, a):
         return torch.zeros(z.shape[0])
 
-    def value(self, z, a):
+    def value(self, z, a, every_head=False):
         return torch.full((z.shape[0],), 10.0)
 
     def policy(self, z, deterministic=False):
@@ -226,6 +248,30 @@ def test_system_one_takes_over_for_a_window_when_the_search_keeps_promising_in_v
     for _ in range(3 * window):
         off.rewarded(0.0)
         assert not off.decide(model, z, explore=False)[1].takeover
+
+
+class ShiftingPlateau(Plateau):
+    """Plateau whose value of 10 moves by up to +5 from call to call, as a random pair of heads would;
+    read from every head, it is 10."""
+
+    def __init__(self):
+        super().__init__([0.0, 0.0])
+        self.gen = torch.Generator().manual_seed(1)
+
+    def value(self, z, a, every_head=False):
+        shift = 0.0 if every_head else 5.0 * float(torch.rand((), generator=self.gen))
+        return super().value(z, a) + shift
+
+
+def test_a_promise_kept_exactly_is_judged_on_every_head_not_a_random_pair():
+    """Each step brings (1 - g) * 10 and the value is 10: the promise is kept to the last digit. A
+    value read from a random pair of heads, one pair for the promise and another for the check,
+    would break it."""
+    d = plateau_deliberation(4)
+    model, z = ShiftingPlateau(), torch.zeros(2)
+    for _ in range(20):
+        assert not d.decide(model, z, explore=False)[1].takeover
+        d.rewarded(1.0)
 
 
 def test_an_evaluation_aside_and_a_hold_leave_the_promises_as_they_should():

@@ -171,8 +171,30 @@ def test_a_capacity_no_expert_reaches_gives_the_same_output_and_gradients():
     assert fixed.stats.dropped == 0.0
 
 
+def lopsided_batch(split: str) -> tuple[MoE, torch.Tensor]:
+    """A top-2-of-4 layer with random biases (they start at 0, where a bias from the wrong expert would
+    not show) and 30 tokens that route alike. "even": near-copies of one token, so two experts take
+    every slot; "uneven": 22 tokens go to experts 1 and 3, 8 to experts 1 and 2, expert 0 to none
+    (runs of 30, 8 and 22 slots after an empty first one)."""
+    torch.manual_seed(3)
+    moe = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    for bias in (moe.b1, moe.b2):
+        bias.data.normal_()
+    if split == "even":
+        return moe, torch.randn(1, 8).expand(30, 8) + 0.01 * torch.randn(30, 8)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:, 0] = torch.tensor([-5.0, 5.0, -5.0, 4.0])
+        moe.router.weight[:, 1] = torch.tensor([-5.0, 5.0, 4.0, -5.0])
+    x = 0.01 * torch.randn(30, 8)
+    x[:22, 0] += 1.0
+    x[22:, 1] += 1.0
+    return moe, x
+
+
+@pytest.mark.parametrize("split", ["even", "uneven"])
 @pytest.mark.parametrize("grouped", [True, False])
-def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeypatch):
+def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, split, monkeypatch):
     """A planner's candidates share one start state and route alike: on the CPU the grouped matmul
     takes such slots as they are, elsewhere the padded buffer does. Either way the output and
     gradients are those of the explicit sum over the k chosen experts, and an expert nobody chose
@@ -186,14 +208,11 @@ def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeyp
     monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: calls.append(1) or grouped_mm(*a, **kw),
                         raising=False)
     monkeypatch.setattr(moe_module, "GROUPED_MM", grouped)
-    torch.manual_seed(3)
-    moe = MoE(8, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
-    for bias in (moe.b1, moe.b2):  # they start at 0, where a bias from the wrong expert would not show
-        bias.data.normal_()
-    x = torch.randn(1, 8).expand(30, 8) + 0.01 * torch.randn(30, 8)  # 30 near-copies of one token
+    moe, x = lopsided_batch(split)
     probs = torch.softmax(moe.router(x), -1)
     gate, chosen = probs.topk(2, -1)
-    assert len(set(chosen.flatten().tolist())) == 2  # two experts take every slot, two are idle
+    counts = torch.bincount(chosen.flatten(), minlength=4).tolist()
+    assert counts == [0, 30, 8, 22] if split == "uneven" else sorted(counts) == [0, 0, 30, 30]
     gate = gate / gate.sum(-1, keepdim=True)
     expected = torch.zeros_like(x)
     for t in range(30):
@@ -203,14 +222,15 @@ def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, monkeyp
             expected[t] = expected[t] + gate[t, slot] * (h @ moe.w2[e] + moe.b2[e])
     out = moe(x)
     assert torch.allclose(out, expected, atol=1e-5)
-    grads = torch.autograd.grad(out.square().sum(), [moe.w1, moe.w2, moe.router.weight])
-    want = torch.autograd.grad(expected.square().sum(), [moe.w1, moe.w2, moe.router.weight])
+    params = [moe.w1, moe.b1, moe.w2, moe.b2, moe.router.weight]
+    grads = torch.autograd.grad(out.square().sum(), params)
+    want = torch.autograd.grad(expected.square().sum(), params)
     for g, w in zip(grads, want):
         assert torch.allclose(g, w, atol=1e-5)
-    idle = sorted(set(range(4)) - set(chosen.flatten().tolist()))
-    assert grads[0][idle].abs().max() == 0 and grads[1][idle].abs().max() == 0
+    idle = [e for e in range(4) if counts[e] == 0]
+    assert all(grads[i][idle].abs().max() == 0 for i in range(4))  # w1, b1, w2, b2 of an idle expert
     assert moe.stats.load[idle].sum() == 0 and moe.stats.load.sum().item() == pytest.approx(1.0)
-    assert bool(calls) == grouped  # two of four experts take every slot: past the padded buffer's limit
+    assert bool(calls) == grouped  # the busiest expert takes every token: past the padded buffer's limit
 
 
 def test_a_balanced_batch_keeps_the_padded_buffer(monkeypatch):
@@ -242,7 +262,16 @@ def test_a_value_of_two_heads_is_the_mean_of_two_heads_drawn_afresh():
             match = [pair for pair, mean in pairs.items() if torch.allclose(v, mean, rtol=1e-5, atol=1e-6)]
             assert len(match) == 1
             seen.add(match[0])
+            assert torch.allclose(model.value(z, a, every_head=True), q.mean(0))  # no draw
     assert len(seen) > 3
+
+
+@pytest.mark.parametrize("heads", [-1, 6])
+def test_a_world_model_refuses_more_value_heads_than_it_has(heads):
+    cfg = small_config()
+    cfg.value_heads = heads
+    with pytest.raises(ValueError, match=r"worldmodel.value_heads must be in \[0, worldmodel.num_q=5\]"):
+        WorldModel({"proprio": (6,)}, action_dim=2, cfg=cfg)
 
 
 def test_top_1_routing_keeps_a_gradient_for_the_router():

@@ -218,6 +218,9 @@ class WorldModel(nn.Module):
         if cfg.latent_dim % cfg.simnorm_dim:
             raise ValueError(f"worldmodel.latent_dim {cfg.latent_dim} must be a multiple of "
                              f"worldmodel.simnorm_dim {cfg.simnorm_dim}")
+        if not 0 <= cfg.value_heads <= cfg.num_q:
+            raise ValueError(f"worldmodel.value_heads must be in [0, worldmodel.num_q={cfg.num_q}] "
+                             f"(0: all heads), got {cfg.value_heads}")
         self.cfg = cfg
         self.spec = dict(spec)
         self.action_dim = action_dim
@@ -269,11 +272,12 @@ class WorldModel(nn.Module):
             return self.twohot.cross_entropy(out, self.twohot.encode(target))
         return (out.squeeze(-1) - target).pow(2)
 
-    def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def value(self, z: torch.Tensor, a: torch.Tensor, every_head: bool = False) -> torch.Tensor:
         """(B, Z), (B, A) -> the mean Q (B,) of `value_heads` heads drawn at random, or of all of them.
         TD-MPC2 closes its planner's returns and sets its policy's objective with 2 such heads; a
-        call costs value_heads / num_q of the whole ensemble's, and the draw changes with each call."""
-        n = self.cfg.value_heads
+        call costs value_heads / num_q of the whole ensemble's, and the draw changes with each call,
+        so only values from one call compare without that noise. `every_head` reads them all."""
+        n = 0 if every_head else self.cfg.value_heads
         heads = torch.randperm(self.cfg.num_q)[:n] if 0 < n < self.cfg.num_q else None
         return self.q(z, a, heads=heads).mean(0)
 

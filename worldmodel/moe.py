@@ -82,7 +82,7 @@ class MoE(nn.Module):
             c = math.ceil(self.cfg.capacity_factor * n * k / e)
         else:
             c = int(counts.max())  # the busiest expert's load, read back to the host
-        if self.cfg.capacity_factor <= 0 and e * c > PADDED_LIMIT * n * k and grouped_mm_runs_on(x):
+        if self.cfg.capacity_factor <= 0 and e * c > PADDED_LIMIT * n * k and grouped_mm_runs_on(x, self.w1):
             y, dropped = self._grouped(x.index_select(0, token), sorted_expert, counts), 0
         else:
             y, slot_gate, dropped = self._padded(x, token, sorted_expert, counts, slot_gate, c)
@@ -129,10 +129,11 @@ class MoE(nn.Module):
         return y.index_select(0, row), slot_gate, dropped
 
 
-def grouped_mm_runs_on(x: torch.Tensor) -> bool:
-    """Whether torch's grouped matmul serves this float32 tensor: on the CPU where this torch has one
-    (2.13 has); on a GPU it wants bfloat16, so a float32 model there keeps the padded buffer."""
-    return GROUPED_MM and x.device.type == "cpu"
+def grouped_mm_runs_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch's grouped matmul serves these tokens and expert weights: float32 on the CPU, where
+    this torch has one (2.13 has). On a GPU it wants bfloat16, so a float32 model there keeps the
+    padded buffer, and other dtypes keep it everywhere: it is the path autocast and every torch know."""
+    return GROUPED_MM and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
 
 
 GROUPED_MM = hasattr(F, "grouped_mm")
