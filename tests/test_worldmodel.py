@@ -233,6 +233,15 @@ def test_lopsided_routing_gives_the_explicit_sum_by_either_path(grouped, split, 
     assert bool(calls) == grouped  # the busiest expert takes every token: past the padded buffer's limit
 
 
+def test_a_float64_layer_keeps_the_padded_buffer_however_lopsided(monkeypatch):
+    # the grouped matmul is taken for float32 only: other dtypes keep the path every torch knows
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: pytest.fail("grouped matmul ran"),
+                        raising=False)
+    moe, x = lopsided_batch("uneven")
+    moe.double()
+    assert moe(x.double()).dtype == torch.float64
+
+
 def test_a_balanced_batch_keeps_the_padded_buffer(monkeypatch):
     # on a 2-core CPU the grouped matmul is slower than a buffer that pads little
     monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **kw: pytest.fail("grouped matmul ran"),
@@ -267,7 +276,7 @@ def test_a_value_of_two_heads_is_the_mean_of_two_heads_drawn_afresh():
 
 
 @pytest.mark.parametrize("heads", [-1, 6])
-def test_a_world_model_refuses_more_value_heads_than_it_has(heads):
+def test_a_world_model_refuses_value_heads_outside_its_ensemble(heads):
     cfg = small_config()
     cfg.value_heads = heads
     with pytest.raises(ValueError, match=r"worldmodel.value_heads must be in \[0, worldmodel.num_q=5\]"):
