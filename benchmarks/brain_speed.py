@@ -91,6 +91,22 @@ def machine_limits(repeats: int = 200) -> dict[str, float]:
             "silu_us": 1e3 * timed(lambda: torch.nn.functional.silu(x), repeats)}
 
 
+def versus_variants(overrides: list[str]) -> dict[str, list[str]]:
+    """The timed world models: MoE, its dense twin, and MoE with each `--versus` override.
+
+    A repeated override would time one model twice under two names, and an override of
+    `worldmodel.moe.dense` would time a dense model under an "MoE, ..." label, so both are refused.
+    """
+    variants = {"MoE": ["worldmodel.moe.dense=false"], "dense twin": ["worldmodel.moe.dense=true"]}
+    for override in overrides:
+        if override.partition("=")[0].strip() == "worldmodel.moe.dense":
+            raise ValueError(f"--versus {override}: the dense twin is timed already; --versus varies the MoE model")
+        if f"MoE, {override}" in variants:
+            raise ValueError(f"--versus {override} is given twice")
+        variants[f"MoE, {override}"] = ["worldmodel.moe.dense=false", override]
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
@@ -114,8 +130,10 @@ def main() -> None:
     print(f"this CPU ({torch.get_num_threads()} threads): 1024x1024 matmul {limits['matmul_gflops']:.0f} GFLOP/s, "
           f"one 256x128x128 layer {limits['layer_us']:.0f} µs, SiLU over 256x128 {limits['silu_us']:.0f} µs")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    variants = {"MoE": ["worldmodel.moe.dense=false"], "dense twin": ["worldmodel.moe.dense=true"]}
-    variants.update({f"MoE, {override}": ["worldmodel.moe.dense=false", override] for override in args.versus})
+    try:
+        variants = versus_variants(args.versus)
+    except ValueError as error:
+        parser.error(str(error))
     rows = []
     for device in devices:
         plans, updates = {}, {}

@@ -209,6 +209,15 @@ def test_brain_speed_measures_the_machine_then_both_world_models_and_a_variant(m
     assert "| cpu | MoE, worldmodel.value_heads=2 |" in out
 
 
+def test_brain_speed_refuses_a_versus_that_would_time_one_model_twice_or_a_dense_one_as_moe():
+    brain_speed = load("brain_speed")
+    assert list(brain_speed.versus_variants(["planner.samples=512"])) == ["MoE", "dense twin", "MoE, planner.samples=512"]
+    with pytest.raises(ValueError, match="given twice"):
+        brain_speed.versus_variants(["worldmodel.value_heads=2", "worldmodel.value_heads=2"])
+    with pytest.raises(ValueError, match="dense twin is timed already"):
+        brain_speed.versus_variants(["worldmodel.moe.dense=true"])
+
+
 def test_taking_turns_times_each_function_its_repeats_in_turns():
     brain_speed = load("brain_speed")
     calls: list[str] = []
