@@ -8,7 +8,7 @@ its state vector, --pixels K for K stacked 64x64 frames.
     python benchmarks/brain_speed.py --config configs/dmc.yaml --state 6    # reacher-easy from state
     python benchmarks/brain_speed.py --config configs/dmc.yaml --pixels 3   # ... from 3 stacked frames
     python benchmarks/brain_speed.py planner.samples=512                    # any override
-    python benchmarks/brain_speed.py --config configs/dmc.yaml --state 5 --versus worldmodel.value_heads=2
+    python benchmarks/brain_speed.py --config configs/dmc.yaml --state 5 --versus worldmodel.value_heads=0
 
 Prints, per device and model: ms per plan (MPPI at the configured search size), ms per learner
 update, and the env steps per second of the whole brain at one plan and one update per step.

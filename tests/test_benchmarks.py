@@ -200,13 +200,13 @@ def test_brain_speed_measures_the_machine_then_both_world_models_and_a_variant(m
     brain_speed = load("brain_speed")
     tiny = [o for o in TINY if not o.startswith(("env.", "run."))]
     monkeypatch.setattr(sys, "argv", ["brain_speed.py", "--repeats", "2", "--config", str(ROOT / "configs/dmc.yaml"),
-                                      "--state", "6", "--versus", "worldmodel.value_heads=2", *tiny])
+                                      "--state", "6", "--versus", "worldmodel.value_heads=0", *tiny])
     brain_speed.main()
     out = capsys.readouterr().out
     limits = out.splitlines()[0]
     assert limits.startswith("this CPU") and "GFLOP/s" in limits
     assert "| cpu | MoE |" in out and "| cpu | dense twin |" in out
-    assert "| cpu | MoE, worldmodel.value_heads=2 |" in out
+    assert "| cpu | MoE, worldmodel.value_heads=0 |" in out
 
 
 def test_brain_speed_refuses_a_versus_that_would_time_one_model_twice_or_a_dense_one_as_moe():
