@@ -32,7 +32,7 @@ import torch
 
 from agent.brain import Brain
 from agent.cli import DEFAULT_CONFIG
-from agent.config import load_config
+from agent.config import load_config, parse_override
 
 REACH_SPEC = {"image": ((64, 64, 3), "uint8"), "proprio": ((8,), "float32"), "audio": ((800,), "float32")}
 
@@ -91,19 +91,24 @@ def machine_limits(repeats: int = 200) -> dict[str, float]:
             "silu_us": 1e3 * timed(lambda: torch.nn.functional.silu(x), repeats)}
 
 
-def versus_variants(overrides: list[str]) -> dict[str, list[str]]:
+def versus_variants(config, overrides: list[str], versus: list[str]) -> dict[str, list[str]]:
     """The timed world models: MoE, its dense twin, and MoE with each `--versus` override.
 
-    A repeated override would time one model twice under two names, and an override of
-    `worldmodel.moe.dense` would time a dense model under an "MoE, ..." label, so both are refused.
+    A variant whose config equals an earlier one's (an override given twice, or one that restates
+    the config) would time one model twice under two names, and an override of
+    `worldmodel.moe.dense` would time a dense model under an "MoE, ..." label: both are refused.
     """
     variants = {"MoE": ["worldmodel.moe.dense=false"], "dense twin": ["worldmodel.moe.dense=true"]}
-    for override in overrides:
-        if override.partition("=")[0].strip() == "worldmodel.moe.dense":
+    configs = {name: load_config(config, [*overrides, *extra]) for name, extra in variants.items()}
+    for override in versus:
+        if parse_override(override)[0] == "worldmodel.moe.dense":
             raise ValueError(f"--versus {override}: the dense twin is timed already; --versus varies the MoE model")
-        if f"MoE, {override}" in variants:
-            raise ValueError(f"--versus {override} is given twice")
-        variants[f"MoE, {override}"] = ["worldmodel.moe.dense=false", override]
+        extra = ["worldmodel.moe.dense=false", override]
+        cfg = load_config(config, [*overrides, *extra])
+        same = next((name for name, other in configs.items() if other == cfg), None)
+        if same is not None:
+            raise ValueError(f"--versus {override}: that is the config of {same!r} already, timed once")
+        variants[f"MoE, {override}"], configs[f"MoE, {override}"] = extra, cfg
     return variants
 
 
@@ -121,6 +126,10 @@ def main() -> None:
     for flag in ("state", "pixels"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    try:
+        variants = versus_variants(args.config, args.overrides, args.versus)
+    except ValueError as error:  # ConfigError too: a bad key or value in an override
+        parser.error(str(error))
     spec = REACH_SPEC
     if args.state:
         spec = {"proprio": ((args.state,), "float32")}
@@ -130,10 +139,6 @@ def main() -> None:
     print(f"this CPU ({torch.get_num_threads()} threads): 1024x1024 matmul {limits['matmul_gflops']:.0f} GFLOP/s, "
           f"one 256x128x128 layer {limits['layer_us']:.0f} µs, SiLU over 256x128 {limits['silu_us']:.0f} µs")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    try:
-        variants = versus_variants(args.versus)
-    except ValueError as error:
-        parser.error(str(error))
     rows = []
     for device in devices:
         plans, updates = {}, {}

@@ -209,13 +209,24 @@ def test_brain_speed_measures_the_machine_then_both_world_models_and_a_variant(m
     assert "| cpu | MoE, worldmodel.value_heads=0 |" in out
 
 
-def test_brain_speed_refuses_a_versus_that_would_time_one_model_twice_or_a_dense_one_as_moe():
+def test_brain_speed_refuses_a_versus_that_would_time_one_model_twice_or_a_dense_one_as_moe(monkeypatch, capsys):
     brain_speed = load("brain_speed")
-    assert list(brain_speed.versus_variants(["planner.samples=512"])) == ["MoE", "dense twin", "MoE, planner.samples=512"]
-    with pytest.raises(ValueError, match="given twice"):
-        brain_speed.versus_variants(["worldmodel.value_heads=2", "worldmodel.value_heads=2"])
+    dmc = ROOT / "configs/dmc.yaml"
+    variants = brain_speed.versus_variants(dmc, [], ["worldmodel.value_heads=0", "planner.samples=512"])
+    assert list(variants) == ["MoE", "dense twin", "MoE, worldmodel.value_heads=0", "MoE, planner.samples=512"]
+    with pytest.raises(ValueError, match="timed once"):  # the same override, spelled another way
+        brain_speed.versus_variants(dmc, [], ["worldmodel.value_heads=0", "worldmodel.value_heads= 0"])
+    with pytest.raises(ValueError, match="of 'MoE' already"):  # what configs/dmc.yaml says already
+        brain_speed.versus_variants(dmc, [], ["worldmodel.value_heads=2"])
     with pytest.raises(ValueError, match="dense twin is timed already"):
-        brain_speed.versus_variants(["worldmodel.moe.dense=true"])
+        brain_speed.versus_variants(dmc, [], ["worldmodel.moe.dense=true"])
+    # refused before anything is timed, as a usage error
+    monkeypatch.setattr(sys, "argv", ["brain_speed.py", "--config", str(dmc), "--versus", "worldmodel.value_heads=2"])
+    with pytest.raises(SystemExit) as exit_:
+        brain_speed.main()
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert "this CPU" not in captured.out and "timed once" in captured.err
 
 
 def test_taking_turns_times_each_function_its_repeats_in_turns():
